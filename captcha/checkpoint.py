@@ -1,0 +1,114 @@
+"""The artifact contract: a checkpoint holds the weights and every fact needed to use them.
+
+`best.pt` = {"meta": {...}, "model_state": state_dict}. The meta carries the architecture and
+its arguments, the task, alphabet or class names, label length, input size, channels,
+preprocessor, normalisation, training config, metrics and library versions. Loading rebuilds the
+model from the meta alone: no flag can disagree with it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+import captcha
+from captcha.models import create_model
+
+FORMAT_VERSION = 1
+BEST = "best.pt"
+LAST = "last.pt"
+
+
+def library_versions() -> dict[str, str]:
+    import cv2
+    import numpy as np
+    import torchvision
+
+    return {
+        "captchakit": captcha.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "opencv": cv2.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def make_meta(
+    *,
+    task: str,
+    model_name: str,
+    model_args: dict[str, Any],
+    input_size: tuple[int, int],
+    channels: int,
+    preprocess: str,
+    mean: float,
+    std: float,
+    alphabet: str | None = None,
+    length: int | None = None,
+    class_names: list[str] | None = None,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "task": task,
+        "model": {"name": model_name, "args": dict(model_args)},
+        "head": model_args.get("head", "fixed"),
+        "alphabet": alphabet,
+        "length": length,
+        "class_names": class_names,
+        "input_size": list(input_size),
+        "channels": channels,
+        "preprocess": preprocess,
+        "normalization": {"mean": mean, "std": std},
+        "config": config or {},
+        "metrics": {},
+        "versions": library_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def build_model(meta: dict[str, Any]) -> nn.Module:
+    return create_model(meta["model"]["name"], **meta["model"]["args"])
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any], **extra: Any) -> Path:
+    """Write atomically, so an interruption never leaves a half-written checkpoint."""
+    path = Path(path)
+    state = {"meta": meta, "model_state": _unwrap(model).state_dict(), **extra}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory means its best.pt; a file is taken as it is."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / BEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint here (train one with `captcha train --out DIR`)")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return torch.load(resolve_checkpoint(path), map_location=map_location, weights_only=False)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a checkpoint's meta and load its weights; returns (model.eval(), meta)."""
+    ckpt = load_checkpoint(path, map_location=device)
+    model = build_model(ckpt["meta"])
+    model.load_state_dict(ckpt["model_state"])
+    return model.to(device).eval(), ckpt["meta"]

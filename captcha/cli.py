@@ -1,0 +1,297 @@
+"""The `captcha` command: one entry point mapping verbs to functions.
+
+Core verbs live here; export, serving and the classification track register their own verbs
+through `register(subparsers)` in the modules listed in `_EXTENSIONS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from captcha import __version__
+
+# Modules that add verbs: each has register(subparsers) and sets func on its parsers.
+_EXTENSIONS: tuple[str, ...] = ()
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from captcha.generate import GeneratorConfig, generate_dataset
+
+    length: int | tuple[int, int] = args.length
+    if args.min_length is not None:
+        length = (args.min_length, args.length)
+    splits = dict(zip(("train", "val", "test"), args.splits))
+    counts = generate_dataset(
+        args.out,
+        GeneratorConfig(alphabet=args.alphabet, length=length, size=(args.height, args.width), splits=splits, styles=tuple(args.style), seed=args.seed),
+    )
+    print(f"Wrote {sum(counts.values())} images to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
+    return 0
+
+
+def _cmd_styles(args: argparse.Namespace) -> int:
+    from captcha.generate import EVAL_STYLES, STYLES
+
+    for name, style in STYLES.items():
+        group = "held-out eval" if name in EVAL_STYLES else "pre-training"
+        print(f"{name:14s} {group:14s} {style.description}")
+    return 0
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    import cv2
+
+    from captcha.data import load_splits
+    from captcha.imageio import read_image
+    from captcha.plots import image_grid
+    from captcha.preprocess import get_preprocessor, list_preprocessors
+
+    names = args.preprocess or list_preprocessors()
+    splits = load_splits(args.data)
+    samples = (splits["train"] + splits["val"] + splits["test"])[: args.count]
+    if not samples:
+        print(f"error: no labeled images in {args.data}", file=sys.stderr)
+        return 2
+    size = (args.height, args.width)
+    rows, labels = [], []
+    for s in samples:
+        image = read_image(s.path)
+        rows.append([cv2.resize(image, (size[1], size[0]))] + [get_preprocessor(n)(image, size) for n in names])
+        labels.append(s.label)
+    grid = image_grid(rows, labels)
+    cv2.putText(grid, "  ".join(["input"] + names), (124, grid.shape[0] - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.0001, (0, 0, 0))
+    header = image_grid([[__header_cell(n, size) for n in ["input"] + names]], [""])
+    out = Path(args.out)
+    cv2.imwrite(str(out), cv2.vconcat([header, grid]))
+    print(f"Wrote {out}: {len(samples)} images x ({', '.join(['input'] + names)})")
+    return 0
+
+
+def __header_cell(text: str, size: tuple[int, int]):
+    import cv2
+    import numpy as np
+
+    cell = np.full((18, size[1], 3), 255, np.uint8)
+    cv2.putText(cell, text, (2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return cell
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from captcha.models import count_parameters, create_model, list_models
+
+    print(f"{'model':16s} {'parameters':>12s}   (classes={args.classes}, channels={args.channels}, length={args.length}, head={args.head})")
+    for name in list_models("recognition"):
+        model = create_model(name, num_classes=args.classes, length=args.length, in_channels=args.channels, head=args.head)
+        n = count_parameters(model)
+        flag = "" if n <= args.max_params else f"  over the {args.max_params:,} budget"
+        print(f"{name:16s} {n:>12,}{flag}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace):
+    from captcha.train import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "input_size" in values:
+        values["input_size"] = tuple(values["input_size"])
+    return TrainConfig(**values)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from captcha import distributed
+    from captcha.train import fit
+
+    distributed.init()
+    try:
+        result = fit(_train_config(args))
+    finally:
+        distributed.cleanup()
+    if result.test and distributed.is_main():
+        accs = ", ".join(f"{a * 100:.2f}%" for a in result.test["per_char_accuracy"])
+        print(f"Test: per-character [{accs}], whole-string {result.test['sequence_accuracy'] * 100:.2f}%")
+        print(f"Run saved in {result.run_dir}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from captcha.inference import evaluate_folder
+
+    report = evaluate_folder(args.run, args.data, args.split, args.device, args.skip_bad)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    accs = ", ".join(f"{a * 100:.2f}%" for a in report["per_char_accuracy"])
+    print(f"{report['data']}: {report['samples']} images, loss {report['loss']:.4f}")
+    print(f"per-character accuracy: [{accs}]")
+    print(f"whole-string accuracy:  {report['sequence_accuracy'] * 100:.2f}%")
+    if report["confused_pairs"]:
+        print("most confused (true -> predicted: count): " + ", ".join(f"{p['true']}->{p['predicted']}: {p['count']}" for p in report["confused_pairs"]))
+    for item in report["skipped"]:
+        print(f"skipped {item['path']}: {item['reason']}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from captcha.imageio import ImageDecodeError
+    from captcha.inference import Predictor
+
+    predictor = Predictor.from_run(args.run, args.device)
+    status = 0
+    for path in args.images:
+        try:
+            prediction = predictor.predict_paths([path])[0]
+        except (ImageDecodeError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        if args.json:
+            print(json.dumps({"path": str(path), **prediction.as_dict()}))
+        else:
+            chars = " ".join(f"{c:.2f}" for c in prediction.char_confidences)
+            print(f"{path}\t{prediction.text}\t{prediction.confidence:.4f}\t[{chars}]")
+    return status
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from captcha.sweep import run_sweep
+
+    base = _train_config(args)
+    rows = run_sweep(base, args.models, args.preprocessors, args.out)
+    from captcha.sweep import markdown_table
+
+    print(markdown_table(rows))
+    print(f"Tables written to {Path(args.out) / 'sweep.md'} and sweep.csv")
+    return 0
+
+
+def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
+    from captcha.augment import AUGMENT_LEVELS
+    from captcha.models import HEAD_TYPES, list_models
+    from captcha.preprocess import list_preprocessors
+    from captcha.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--data", help="labeled image folder (default: the built-in generated CAPTCHA set)")
+    if not sweep:
+        p.add_argument("--model", choices=list_models("recognition"), help=f"architecture (default {d.model})")
+        p.add_argument("--preprocess", choices=list_preprocessors(), help=f"preprocessor (default {d.preprocess})")
+        p.add_argument("--out", help=f"run directory (default {d.out})")
+        p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run from OUT/last.pt")
+    p.add_argument("--head", choices=HEAD_TYPES, help=f"fixed per-character heads, attention heads, or CTC for variable length (default {d.head})")
+    p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help=f"default {d.optimizer}")
+    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
+    p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), help=f"default {d.schedule}")
+    p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
+    p.add_argument("--augment", choices=AUGMENT_LEVELS, help=f"random augmentation on the training device (default {d.augment})")
+    p.add_argument("--seed", type=int, help=f"default {d.seed}")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto (CUDA when available)")
+    p.add_argument("--patience", type=int, help="stop after this many epochs without a better val score (default 0: never)")
+    p.add_argument("--max-params", type=int, help=f"refuse a model with more parameters (default {d.max_params:,})")
+    p.add_argument("--alphabet", help="symbols, in class order (default: inferred from the training labels)")
+    p.add_argument("--length", type=int, help="characters per CAPTCHA (default: inferred from the training labels)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input size (default 50 130)")
+    p.add_argument("--skip-bad", action="store_true", default=None, help="leave bad files out with a warning instead of stopping")
+    p.add_argument("--cache-dir", help="where preprocessed datasets are cached (default ~/.cache/captchakit)")
+    p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from captcha.constants import DEFAULT_ALPHABET, DEFAULT_LENGTH, DEFAULT_MAX_PARAMS, DEFAULT_SPLITS, INPUT_HEIGHT, INPUT_WIDTH
+    from captcha.generate import STYLES
+    from captcha.models import HEAD_TYPES, list_models
+    from captcha.preprocess import list_preprocessors
+
+    parser = argparse.ArgumentParser(prog="captcha", description="Train, evaluate and serve compact CAPTCHA recognizers.")
+    parser.add_argument("--version", action="version", version=f"captchakit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="draw a synthetic labeled CAPTCHA set")
+    p.add_argument("out", help="output folder (train/ val/ test/ subfolders)")
+    p.add_argument("--alphabet", default=DEFAULT_ALPHABET)
+    p.add_argument("--length", type=int, default=DEFAULT_LENGTH, help="characters per CAPTCHA (the maximum with --min-length)")
+    p.add_argument("--min-length", type=int, help="draw variable-length CAPTCHAs from --min-length to --length")
+    p.add_argument("--height", type=int, default=INPUT_HEIGHT)
+    p.add_argument("--width", type=int, default=INPUT_WIDTH)
+    p.add_argument("--splits", type=int, nargs=3, default=list(DEFAULT_SPLITS), metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--style", nargs="+", default=["course"], choices=list(STYLES), help="visual styles, mixed in turn")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("styles", help="list the generator's visual styles")
+    p.set_defaults(func=_cmd_styles)
+
+    p = sub.add_parser("preview", help="before/after grid of the preprocessors on a few images")
+    p.add_argument("data", help="labeled image folder")
+    p.add_argument("--preprocess", nargs="+", choices=list_preprocessors(), help="default: all")
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--height", type=int, default=INPUT_HEIGHT)
+    p.add_argument("--width", type=int, default=INPUT_WIDTH)
+    p.add_argument("--out", default="preview.png")
+    p.set_defaults(func=_cmd_preview)
+
+    p = sub.add_parser("models", help="list the models with their parameter counts")
+    p.add_argument("--classes", type=int, default=len(DEFAULT_ALPHABET), help="symbols per character")
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--length", type=int, default=DEFAULT_LENGTH)
+    p.add_argument("--head", choices=HEAD_TYPES, default="fixed")
+    p.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS)
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("train", help="train a recognizer (default: resnet18_mod on the built-in generated set)")
+    _add_training_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy of a trained run on a labeled folder")
+    p.add_argument("run", help="run directory or checkpoint")
+    p.add_argument("--data", required=True, help="labeled folder (its test/ split when it has one)")
+    p.add_argument("--split", choices=("train", "val", "test"), help="which subfolder to evaluate")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--skip-bad", action="store_true", help="leave bad files out instead of stopping")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="recognize images with a trained run")
+    p.add_argument("run", help="run directory or checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("sweep", help="train the model x preprocessor grid and tabulate it")
+    _add_training_flags(p, sweep=True)
+    p.add_argument("--models", nargs="+", default=list_models("recognition"), choices=list_models("recognition"))
+    p.add_argument("--preprocessors", nargs="+", default=["original", "denoise", "denoise2"], choices=list_preprocessors())
+    p.add_argument("--out", default="runs/sweep")
+    p.set_defaults(func=_cmd_sweep, max_params=10**12)
+
+    for module in _EXTENSIONS:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    from captcha.data import DataError
+    from captcha.train import ParameterBudgetError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, ParameterBudgetError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; `captcha train --resume --out RUN_DIR` continues a training run", file=sys.stderr)
+        return 130

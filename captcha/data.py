@@ -1,0 +1,245 @@
+"""Labeled CAPTCHA folders: find the samples, check them, split them, decode and cache them.
+
+A folder holds images named `<label>_<anything>.<ext>` or `<label>.<ext>`, or a `labels.csv`
+(`filename,label`) beside them. `train/`, `val/` and `test/` subfolders are used when present;
+otherwise one folder is split with a seed. Every problem in the data is collected and reported
+at once, naming each file, before any training starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from captcha.alphabet import Alphabet
+from captcha.constants import IMAGE_EXTENSIONS
+from captcha.imageio import ImageDecodeError, decode_image
+from captcha.preprocess import get_preprocessor
+
+SPLITS = ("train", "val", "test")
+_CACHE_FORMAT = 1  # bump when the cache layout or a preprocessor's output changes
+
+
+class DataError(ValueError):
+    """Problems found in a dataset; `problems` lists (path, reason) for every bad file."""
+
+    def __init__(self, problems: list[tuple[str, str]], header: str = "bad data"):
+        self.problems = problems
+        lines = [f"{header}: {len(problems)} problem(s)"]
+        lines += [f"  {path}: {reason}" for path, reason in problems[:200]]
+        if len(problems) > 200:
+            lines.append(f"  ... and {len(problems) - 200} more")
+        lines.append("Fix or remove these files, or pass --skip-bad to leave them out with a warning.")
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: str
+
+
+def label_from_filename(path: Path) -> str:
+    """`A7K2_0001.png` -> `A7K2`; `A7K2.png` -> `A7K2`."""
+    return path.stem.split("_", 1)[0]
+
+
+def _read_labels_csv(folder: Path) -> dict[str, str] | None:
+    csv_path = folder / "labels.csv"
+    if not csv_path.exists():
+        return None
+    labels: dict[str, str] = {}
+    with open(csv_path, newline="") as f:
+        for row_number, row in enumerate(csv.reader(f), start=1):
+            if not row or (row_number == 1 and [c.strip().lower() for c in row[:2]] == ["filename", "label"]):
+                continue
+            if len(row) < 2:
+                raise DataError([(f"{csv_path}:{row_number}", "expected 'filename,label'")], "bad labels.csv")
+            labels[row[0].strip()] = row[1].strip()
+    return labels
+
+
+def scan_folder(folder: str | Path) -> list[Sample]:
+    """All images directly in `folder`, labeled by `labels.csv` if present, else by file name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such data folder")
+    csv_labels = _read_labels_csv(folder)
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if csv_labels is not None:
+        missing = [name for name in csv_labels if not (folder / name).exists()]
+        if missing:
+            raise DataError([(str(folder / m), "listed in labels.csv but missing") for m in missing], "bad labels.csv")
+        return [Sample(folder / name, label) for name, label in csv_labels.items()]
+    return [Sample(p, label_from_filename(p)) for p in images]
+
+
+def has_split_folders(folder: str | Path) -> bool:
+    return (Path(folder) / "train").is_dir()
+
+
+def split_samples(samples: list[Sample], seed: int, val_fraction: float = 0.1, test_fraction: float = 0.1) -> dict[str, list[Sample]]:
+    """A seeded shuffle split into train / val / test."""
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_val = int(round(len(samples) * val_fraction))
+    n_test = int(round(len(samples) * test_fraction))
+    shuffled = [samples[i] for i in order]
+    return {
+        "val": shuffled[:n_val],
+        "test": shuffled[n_val : n_val + n_test],
+        "train": shuffled[n_val + n_test :],
+    }
+
+
+def load_splits(folder: str | Path, seed: int = 0) -> dict[str, list[Sample]]:
+    """Samples per split: from `train/ val/ test/` subfolders, or a seeded 80/10/10 split."""
+    folder = Path(folder)
+    if has_split_folders(folder):
+        return {s: scan_folder(folder / s) if (folder / s).is_dir() else [] for s in SPLITS}
+    return split_samples(scan_folder(folder), seed)
+
+
+def check_labels(samples: list[Sample], alphabet: Alphabet, length: int | None) -> list[tuple[str, str]]:
+    """(path, reason) for every label that is empty, of the wrong length, or off the alphabet.
+
+    `length=None` allows any length (variable-length CAPTCHAs).
+    """
+    problems = []
+    for s in samples:
+        if not s.label:
+            problems.append((str(s.path), "empty label"))
+            continue
+        if length is not None and len(s.label) != length:
+            problems.append((str(s.path), f"label {s.label!r} has {len(s.label)} characters, expected {length}"))
+        unknown = alphabet.unknown_symbols(s.label)
+        if unknown:
+            problems.append((str(s.path), f"label {s.label!r} has symbols outside the alphabet: {unknown!r}"))
+    return problems
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "captchakit"
+
+
+def _cache_key(payloads: list[bytes], paths: list[Path], preprocessor: str, size: tuple[int, int]) -> str:
+    digest = hashlib.sha256(f"v{_CACHE_FORMAT}|{preprocessor}|{size[0]}x{size[1]}".encode())
+    for path, data in zip(paths, payloads):
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha1(data).digest())
+    return digest.hexdigest()[:32]
+
+
+@dataclass
+class EncodedImages:
+    """Preprocessed uint8 images N x K x H x W, in the order of the samples they came from."""
+
+    images: np.ndarray
+    samples: list[Sample]
+    problems: list[tuple[str, str]]  # unreadable files, left out of `images`/`samples`
+
+
+def load_images(
+    samples: list[Sample],
+    preprocessor: str,
+    size: tuple[int, int],
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+) -> EncodedImages:
+    """Decode and preprocess every sample once, in parallel; cache the result on disk.
+
+    The cache key covers every file's bytes, the preprocessor and the size, so a changed file
+    gives a new key and a stale cache is never reused.
+    """
+    paths = [s.path for s in samples]
+    payloads: list[bytes] = []
+    problems: list[tuple[str, str]] = []
+    for p in paths:
+        try:
+            payloads.append(p.read_bytes())
+        except OSError as exc:
+            payloads.append(b"")
+            problems.append((str(p), f"cannot read file ({exc.strerror})"))
+    cache_file = None
+    if cache_dir is not False:
+        key = _cache_key(payloads, paths, preprocessor, size)
+        cache_file = Path(cache_dir or _default_cache_dir()) / f"{key}.npz"
+        if cache_file.exists() and not problems:
+            try:
+                with np.load(cache_file) as cached:
+                    return EncodedImages(cached["images"], samples, [])
+            except Exception:  # noqa: BLE001 - a broken cache file is rebuilt
+                pass
+
+    prep = get_preprocessor(preprocessor)
+    bad = {p for p, _ in problems}
+
+    def work(i: int) -> np.ndarray | str:
+        if str(paths[i]) in bad:
+            return ""
+        try:
+            return prep(decode_image(payloads[i], str(paths[i])), size)
+        except ImageDecodeError as exc:
+            return str(exc).split(": ", 1)[-1]
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        results = list(pool.map(work, range(len(samples))))
+    kept_images, kept_samples = [], []
+    for sample, result in zip(samples, results):
+        if isinstance(result, str):
+            if result:
+                problems.append((str(sample.path), result))
+            continue
+        kept_images.append(result.transpose(2, 0, 1))
+        kept_samples.append(sample)
+    h, w = size
+    images = np.stack(kept_images) if kept_images else np.zeros((0, prep.channels, h, w), np.uint8)
+    if cache_file is not None and not problems:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp.npz")
+        np.savez(tmp, images=images)
+        os.replace(tmp, cache_file)
+    return EncodedImages(images, kept_samples, problems)
+
+
+@dataclass
+class Dataset:
+    """One split, ready for a model: preprocessed images and encoded labels."""
+
+    images: np.ndarray  # uint8 N x K x H x W
+    labels: list[str]
+    paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def prepare_split(
+    samples: list[Sample],
+    alphabet: Alphabet,
+    length: int | None,
+    preprocessor: str,
+    size: tuple[int, int],
+    skip_bad: bool = False,
+    cache_dir: str | Path | None = None,
+    name: str = "data",
+) -> Dataset:
+    """Check labels and decode images; raise one DataError listing every problem (or warn)."""
+    problems = check_labels(samples, alphabet, length)
+    bad_labels = {p for p, _ in problems}
+    good = [s for s in samples if str(s.path) not in bad_labels]
+    encoded = load_images(good, preprocessor, size, cache_dir)
+    problems += encoded.problems
+    if problems:
+        error = DataError(sorted(problems), f"bad data in the {name} split")
+        if not skip_bad:
+            raise error
+        warnings.warn(str(error).replace("Fix or remove these files, or pass --skip-bad to leave them out with a warning.", "These files are left out (--skip-bad)."), stacklevel=2)
+    return Dataset(encoded.images, [s.label for s in encoded.samples], [s.path for s in encoded.samples])

@@ -1,0 +1,65 @@
+"""Logits -> text and confidences. NumPy only, so the server needs no torch.
+
+Fixed heads give logits [B, L, C]; a CTC head gives [B, T, C + 1] with class 0 the blank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Prediction:
+    text: str
+    confidence: float  # probability that the whole string is right: product of char confidences
+    char_confidences: list[float]
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "confidence": self.confidence, "char_confidences": self.char_confidences}
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def decode_fixed(logits: np.ndarray, alphabet: str) -> list[Prediction]:
+    probs = softmax(logits.astype(np.float64))
+    idx = probs.argmax(axis=-1)
+    conf = probs.max(axis=-1)
+    return [
+        Prediction("".join(alphabet[i] for i in row), float(np.prod(c)), [round(float(x), 6) for x in c])
+        for row, c in zip(idx, conf)
+    ]
+
+
+def ctc_greedy(logits: np.ndarray) -> list[tuple[list[int], list[float]]]:
+    """Best path per sample: collapse repeats, drop blanks (0). Returns (classes, confidences)."""
+    probs = softmax(logits.astype(np.float64))
+    best = probs.argmax(axis=-1)
+    out = []
+    for path, p in zip(best, probs):
+        classes, confs, prev = [], [], 0
+        for t, k in enumerate(path):
+            if k != 0 and k != prev:
+                classes.append(int(k) - 1)
+                confs.append(float(p[t, k]))
+            elif k != 0 and k == prev and confs:
+                confs[-1] = max(confs[-1], float(p[t, k]))
+            prev = k
+        out.append((classes, confs))
+    return out
+
+
+def decode_ctc(logits: np.ndarray, alphabet: str) -> list[Prediction]:
+    return [
+        Prediction("".join(alphabet[i] for i in classes), float(np.prod(confs)) if confs else 0.0, [round(c, 6) for c in confs])
+        for classes, confs in ctc_greedy(logits)
+    ]
+
+
+def decode(logits: np.ndarray, alphabet: str, head: str = "fixed") -> list[Prediction]:
+    return decode_ctc(logits, alphabet) if head == "ctc" else decode_fixed(logits, alphabet)

@@ -1,0 +1,346 @@
+"""A synthetic CAPTCHA generator drawn with OpenCV alone (its built-in Hershey fonts).
+
+Text drawn with varied fonts, rotation and warping, a noise curve through the text and noise
+dots; several named visual styles. The default `course` style mimics the course data: 4
+characters from a 19-symbol alphabet on 50 x 130 RGB images, splits 4000/1000/3000.
+
+Styles come in two disjoint groups (see `PRETRAIN_STYLES` and `EVAL_STYLES`): the evaluation
+styles differ from every pre-training style in font, colour, distortion and noise, so accuracy
+measured on them is accuracy on a style the project never trained its shipped weights on.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from captcha.constants import DEFAULT_ALPHABET, DEFAULT_LENGTH, DEFAULT_SPLITS, INPUT_SIZE
+
+_F = cv2  # Hershey font ids live on cv2
+ALL_FONTS = (
+    _F.FONT_HERSHEY_SIMPLEX,
+    _F.FONT_HERSHEY_PLAIN,
+    _F.FONT_HERSHEY_DUPLEX,
+    _F.FONT_HERSHEY_COMPLEX,
+    _F.FONT_HERSHEY_TRIPLEX,
+    _F.FONT_HERSHEY_COMPLEX_SMALL,
+    _F.FONT_HERSHEY_SCRIPT_SIMPLEX,
+    _F.FONT_HERSHEY_SCRIPT_COMPLEX,
+)
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one family of CAPTCHAs looks. Ranges are (low, high), drawn uniformly per image."""
+
+    name: str
+    fonts: tuple[int, ...]
+    italic: float = 0.0  # probability of the italic variant per character
+    background: str = "light"  # light | dark | gradient | speckled
+    text_color: str = "dark"  # dark | light | random | mono (one colour per image)
+    thickness: tuple[int, int] = (2, 3)  # stroke thickness at 2x resolution
+    char_height: tuple[float, float] = (0.50, 0.62)  # glyph height as a fraction of image height
+    rotation: float = 15.0  # max degrees per character
+    shear: float = 0.0  # max horizontal shear per character
+    jitter: float = 0.08  # vertical jitter, fraction of height
+    overlap: tuple[float, float] = (0.0, 0.1)  # fraction of glyph width characters may overlap
+    warp: float = 0.0  # amplitude of a sine warp of the whole image, fraction of height
+    curves: tuple[int, int] = (1, 1)  # noise curves through the text
+    curve_thickness: tuple[int, int] = (1, 2)  # at 2x resolution
+    curve_color: str = "random"  # random | text (same colour as the text)
+    dots: tuple[int, int] = (30, 60)
+    dot_radius: tuple[int, int] = (1, 2)  # at 2x resolution
+    dot_color: str = "random"  # random | text
+    blur: float = 0.0  # Gaussian sigma at final resolution
+    extra_lines: tuple[int, int] = (0, 0)  # straight distractor lines
+    description: str = ""
+
+
+STYLES: dict[str, Style] = {
+    s.name: s
+    for s in (
+        Style(
+            "course",
+            fonts=(_F.FONT_HERSHEY_SIMPLEX, _F.FONT_HERSHEY_DUPLEX),
+            text_color="dark",
+            description="like the course data: dark text, one curve through it, noise dots",
+        ),
+        Style(
+            "bold",
+            fonts=(_F.FONT_HERSHEY_TRIPLEX, _F.FONT_HERSHEY_DUPLEX),
+            thickness=(3, 5),
+            background="gradient",
+            text_color="random",
+            rotation=20,
+            dots=(20, 50),
+            description="thick coloured glyphs on a gradient",
+        ),
+        Style(
+            "script",
+            fonts=(_F.FONT_HERSHEY_SCRIPT_SIMPLEX,),
+            italic=0.3,
+            thickness=(2, 3),
+            text_color="mono",
+            rotation=10,
+            warp=0.05,
+            curves=(1, 2),
+            description="handwriting-like font, light warp",
+        ),
+        Style(
+            "dense",
+            fonts=(_F.FONT_HERSHEY_SIMPLEX, _F.FONT_HERSHEY_COMPLEX),
+            overlap=(0.1, 0.3),
+            rotation=25,
+            text_color="dark",
+            curves=(2, 2),
+            dots=(60, 120),
+            description="crowded, overlapping glyphs, two curves, many dots",
+        ),
+        Style(
+            "inverse",
+            fonts=(_F.FONT_HERSHEY_DUPLEX, _F.FONT_HERSHEY_TRIPLEX),
+            background="dark",
+            text_color="light",
+            rotation=15,
+            shear=0.2,
+            description="light text on a dark background",
+        ),
+        # ---- evaluation styles: fonts, colours, distortions and noise unlike the ones above ----
+        Style(
+            "eval-plain",
+            fonts=(_F.FONT_HERSHEY_PLAIN, _F.FONT_HERSHEY_COMPLEX_SMALL),
+            italic=0.5,
+            background="speckled",
+            text_color="mono",
+            thickness=(2, 4),
+            rotation=30,
+            shear=0.3,
+            warp=0.08,
+            curves=(1, 2),
+            curve_color="text",
+            dot_color="text",
+            dots=(40, 90),
+            description="held-out: small fonts, italic, strong warp, noise in the text colour",
+        ),
+        Style(
+            "eval-scriptc",
+            fonts=(_F.FONT_HERSHEY_SCRIPT_COMPLEX,),
+            italic=0.2,
+            background="gradient",
+            text_color="mono",
+            thickness=(2, 3),
+            rotation=20,
+            warp=0.1,
+            curves=(2, 3),
+            curve_color="text",
+            curve_thickness=(2, 3),
+            dots=(10, 30),
+            dot_color="text",
+            blur=0.6,
+            description="held-out: complex script font, heavy warp, curves in the text colour, blur",
+        ),
+        Style(
+            "eval-lines",
+            fonts=(_F.FONT_HERSHEY_COMPLEX_SMALL, _F.FONT_HERSHEY_PLAIN),
+            italic=0.7,
+            background="light",
+            text_color="random",
+            thickness=(3, 4),
+            char_height=(0.45, 0.7),
+            rotation=35,
+            shear=0.25,
+            overlap=(0.05, 0.25),
+            curves=(0, 1),
+            extra_lines=(3, 6),
+            dots=(80, 150),
+            dot_radius=(1, 1),
+            description="held-out: random colours, straight distractor lines, fine dense noise",
+        ),
+    )
+}
+
+PRETRAIN_STYLES = ("course", "bold", "script", "dense", "inverse")
+EVAL_STYLES = ("eval-plain", "eval-scriptc", "eval-lines")
+
+
+def get_style(name: str) -> Style:
+    try:
+        return STYLES[name]
+    except KeyError:
+        raise ValueError(f"unknown style {name!r}; choose from {', '.join(STYLES)}") from None
+
+
+def _color(rng: np.random.Generator, kind: str) -> tuple[int, int, int]:
+    if kind == "dark":
+        return tuple(int(v) for v in rng.integers(0, 110, 3))
+    if kind == "light":
+        return tuple(int(v) for v in rng.integers(170, 256, 3))
+    return tuple(int(v) for v in rng.integers(0, 200, 3))
+
+
+def _background(rng: np.random.Generator, style: Style, h: int, w: int) -> np.ndarray:
+    if style.background == "dark":
+        base = rng.integers(0, 70, 3)
+        return np.full((h, w, 3), base, np.uint8)
+    base = rng.integers(200, 256, 3).astype(np.float32)
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = base
+    if style.background == "gradient":
+        other = rng.integers(170, 256, 3).astype(np.float32)
+        t = np.linspace(0, 1, w, dtype=np.float32)[None, :, None]
+        img = img * (1 - t) + other * t
+    elif style.background == "speckled":
+        img += rng.normal(0, 12, (h, w, 1)).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _glyph(rng: np.random.Generator, style: Style, ch: str, height: int) -> np.ndarray:
+    """A float32 coverage mask of one rotated, sheared character, cropped to its ink."""
+    font = int(rng.choice(style.fonts))
+    if rng.random() < style.italic:
+        font |= cv2.FONT_ITALIC
+    thickness = int(rng.integers(style.thickness[0], style.thickness[1] + 1))
+    target = height * rng.uniform(*style.char_height)
+    (tw, th), base = cv2.getTextSize(ch, font, 1.0, thickness)
+    scale = target / max(th + base * 0.5, 1)
+    (tw, th), base = cv2.getTextSize(ch, font, scale, thickness)
+    pad = int(max(tw, th + base) * 0.6) + thickness
+    size = max(tw, th + base) + 2 * pad
+    canvas = np.zeros((size, size), np.uint8)
+    cv2.putText(canvas, ch, ((size - tw) // 2, (size + th) // 2), font, scale, 255, thickness, cv2.LINE_AA)
+    angle = rng.uniform(-style.rotation, style.rotation)
+    matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1.0)
+    matrix[0, 1] += rng.uniform(-style.shear, style.shear)
+    canvas = cv2.warpAffine(canvas, matrix, (size, size), flags=cv2.INTER_LINEAR)
+    ys, xs = np.nonzero(canvas > 20)
+    if len(xs) == 0:
+        return np.zeros((1, 1), np.float32)
+    return canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32) / 255.0
+
+
+def _paint(img: np.ndarray, mask: np.ndarray, x: int, y: int, color: tuple[int, int, int]) -> None:
+    """Alpha-blend `color` into img through `mask` at top-left (x, y), clipped to the image."""
+    h, w = img.shape[:2]
+    mh, mw = mask.shape
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + mw, w), min(y + mh, h)
+    if x0 >= x1 or y0 >= y1:
+        return
+    m = mask[y0 - y : y1 - y, x0 - x : x1 - x, None]
+    region = img[y0:y1, x0:x1].astype(np.float32)
+    img[y0:y1, x0:x1] = (region * (1 - m) + np.asarray(color, np.float32) * m).astype(np.uint8)
+
+
+def _sine_warp(rng: np.random.Generator, img: np.ndarray, amplitude: float) -> np.ndarray:
+    h, w = img.shape[:2]
+    period = rng.uniform(0.6, 1.4) * w
+    phase = rng.uniform(0, 2 * np.pi)
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    dy = amplitude * h * np.sin(2 * np.pi * xs / period + phase)
+    dx = 0.5 * amplitude * h * np.sin(2 * np.pi * ys / (0.8 * h) + phase)
+    return cv2.remap(img, xs + dx, ys + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def render(text: str, style: Style, rng: np.random.Generator, size: tuple[int, int] = INPUT_SIZE) -> np.ndarray:
+    """Draw one CAPTCHA of `text`; returns uint8 BGR at `size` (H, W)."""
+    out_h, out_w = size
+    h, w = out_h * 2, out_w * 2  # draw at 2x, then shrink: smoother glyph edges
+    img = _background(rng, style, h, w)
+    text_color = _color(rng, style.text_color if style.text_color != "mono" else "random")
+    if style.background == "dark" and style.text_color in ("random", "mono"):
+        text_color = _color(rng, "light")
+
+    glyphs = [_glyph(rng, style, ch, h) for ch in text]
+    overlaps = [rng.uniform(*style.overlap) for _ in glyphs]
+    total = sum(g.shape[1] * (1 - o) for g, o in zip(glyphs, overlaps))
+    squeeze = min(1.0, 0.92 * w / max(total, 1))
+    if squeeze < 1.0:
+        glyphs = [cv2.resize(g, (max(1, int(g.shape[1] * squeeze)), max(1, int(g.shape[0] * squeeze)))) for g in glyphs]
+        total *= squeeze
+    x = int(rng.uniform(0.02 * w, max(0.02 * w + 1, w - total - 0.02 * w)))
+    for glyph, overlap in zip(glyphs, overlaps):
+        y = int((h - glyph.shape[0]) / 2 + rng.uniform(-style.jitter, style.jitter) * h)
+        color = text_color if style.text_color == "mono" else _color(rng, style.text_color)
+        _paint(img, glyph, x, y, color)
+        x += int(glyph.shape[1] * (1 - overlap))
+
+    if style.warp > 0:
+        img = _sine_warp(rng, img, style.warp)
+
+    def noise_color(kind: str) -> tuple[int, int, int]:
+        if kind == "text":
+            return text_color
+        return _color(rng, "light" if style.background == "dark" else "random")
+
+    for _ in range(int(rng.integers(style.curves[0], style.curves[1] + 1))):
+        xs = np.linspace(0, w - 1, 60)
+        x_a, x_b = rng.uniform(0, 0.25 * w), rng.uniform(0.75 * w, w)
+        xs = np.linspace(x_a, x_b, 60)
+        mid = h / 2 + rng.uniform(-0.15, 0.15) * h
+        amp = rng.uniform(0.05, 0.22) * h
+        period = rng.uniform(0.5, 1.5) * w
+        ys = mid + amp * np.sin(2 * np.pi * xs / period + rng.uniform(0, 2 * np.pi)) + rng.uniform(-0.1, 0.1) * h * (xs / w - 0.5)
+        pts = np.stack([xs, ys], axis=1).round().astype(np.int32)[None]
+        thickness = int(rng.integers(style.curve_thickness[0], style.curve_thickness[1] + 1))
+        cv2.polylines(img, pts, False, noise_color(style.curve_color), thickness, cv2.LINE_AA)
+    for _ in range(int(rng.integers(style.extra_lines[0], style.extra_lines[1] + 1))):
+        p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        p2 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        cv2.line(img, p1, p2, noise_color("random"), int(rng.integers(1, 3)), cv2.LINE_AA)
+    for _ in range(int(rng.integers(style.dots[0], style.dots[1] + 1))):
+        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        radius = int(rng.integers(style.dot_radius[0], style.dot_radius[1] + 1))
+        cv2.circle(img, centre, radius, noise_color(style.dot_color), -1, cv2.LINE_AA)
+
+    img = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_AREA)
+    if style.blur > 0:
+        img = cv2.GaussianBlur(img, (0, 0), style.blur)
+    return img
+
+
+def random_text(rng: np.random.Generator, alphabet: str, length: int | tuple[int, int]) -> str:
+    n = length if isinstance(length, int) else int(rng.integers(length[0], length[1] + 1))
+    return "".join(alphabet[i] for i in rng.integers(0, len(alphabet), n))
+
+
+@dataclass
+class GeneratorConfig:
+    """What `captcha generate` draws."""
+
+    alphabet: str = DEFAULT_ALPHABET
+    length: int | tuple[int, int] = DEFAULT_LENGTH  # fixed, or (min, max) for variable length
+    size: tuple[int, int] = INPUT_SIZE  # (height, width)
+    splits: dict[str, int] = field(default_factory=lambda: dict(zip(("train", "val", "test"), DEFAULT_SPLITS)))
+    styles: tuple[str, ...] = ("course",)
+    seed: int = 0
+
+
+def generate_dataset(out_dir: str | Path, config: GeneratorConfig) -> dict[str, int]:
+    """Write `out_dir/<split>/<label>_<index>.png` plus a `labels.csv` per split.
+
+    Each split has its own seed stream, so changing one split's size leaves the others unchanged.
+    """
+    out_dir = Path(out_dir)
+    styles = [get_style(s) for s in config.styles]
+    counts = {}
+    for split_index, (split, count) in enumerate(config.splits.items()):
+        split_dir = out_dir / split
+        split_dir.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng([config.seed, split_index])
+        rows = []
+        for i in range(count):
+            text = random_text(rng, config.alphabet, config.length)
+            style = styles[i % len(styles)]
+            img = render(text, style, rng, config.size)
+            name = f"{text}_{i:05d}.png"
+            cv2.imwrite(str(split_dir / name), img)
+            rows.append((name, text))
+        with open(split_dir / "labels.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["filename", "label"])
+            writer.writerows(rows)
+        counts[split] = count
+    return counts

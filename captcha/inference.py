@@ -1,0 +1,93 @@
+"""Use a trained run: predict images and evaluate labeled folders.
+
+Images go through the same decode (`captcha.imageio`) and preprocessor (`captcha.preprocess`) as
+in training and serving; the checkpoint's meta says which preprocessor, size and alphabet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from captcha.alphabet import Alphabet
+from captcha.checkpoint import load_model
+from captcha.data import DataError, check_labels, has_split_folders, load_images, scan_folder
+from captcha.decoding import Prediction, decode
+from captcha.imageio import decode_image
+from captcha.metrics import confused_pairs, per_char_accuracy, sequence_accuracy
+from captcha.preprocess import get_preprocessor
+from captcha.train import loss_fn, predict_logits, resolve_device
+
+
+@dataclass
+class Predictor:
+    model: nn.Module
+    meta: dict[str, Any]
+
+    @classmethod
+    def from_run(cls, path: str | Path, device: str = "auto") -> "Predictor":
+        model, meta = load_model(path, resolve_device(device))
+        return cls(model, meta)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.meta["input_size"])
+
+    def preprocess_bytes(self, data: bytes, source: str) -> np.ndarray:
+        """Encoded image -> uint8 K x H x W, exactly as the training data was prepared."""
+        return get_preprocessor(self.meta["preprocess"])(decode_image(data, source), self.size).transpose(2, 0, 1)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        norm = self.meta["normalization"]
+        return predict_logits(self.model, torch.from_numpy(np.ascontiguousarray(images)), mean=norm["mean"], std=norm["std"]).numpy()
+
+    def decode(self, logits: np.ndarray) -> list[Prediction]:
+        labels = self.meta["alphabet"] if self.meta["task"] == "recognition" else self.meta["class_names"]
+        return decode(logits, labels, self.meta.get("head", "fixed"))
+
+    def predict_paths(self, paths: list[str | Path]) -> list[Prediction]:
+        images = np.stack([self.preprocess_bytes(Path(p).read_bytes(), str(p)) for p in paths])
+        return self.decode(self.logits(images))
+
+
+def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None, device: str = "auto", skip_bad: bool = False) -> dict[str, Any]:
+    """Accuracy of a trained run on a labeled folder (its `test/` split when it has one)."""
+    predictor = Predictor.from_run(run, device)
+    meta = predictor.meta
+    folder = Path(data)
+    if split is None and has_split_folders(folder):
+        split = "test" if (folder / "test").is_dir() else "val"
+    if split:
+        folder = folder / split
+    samples = scan_folder(folder)
+    alphabet = Alphabet(meta["alphabet"])
+    problems = check_labels(samples, alphabet, meta["length"])
+    bad = {p for p, _ in problems}
+    samples = [s for s in samples if str(s.path) not in bad]
+    encoded = load_images(samples, meta["preprocess"], tuple(meta["input_size"]), cache_dir=False)
+    problems += encoded.problems
+    if problems and not skip_bad:
+        raise DataError(sorted(problems), f"bad data in {folder}")
+    labels = [s.label for s in encoded.samples]
+    logits = predictor.logits(encoded.images)
+    texts = [p.text for p in predictor.decode(logits)]
+    width = meta["length"] or max((len(t) for t in labels), default=1)
+    targets = torch.full((len(labels), width), -1, dtype=torch.long)
+    for i, t in enumerate(labels):
+        targets[i, : len(t)] = torch.tensor(alphabet.encode(t))
+    loss = loss_fn(torch.from_numpy(logits), targets, meta.get("head", "fixed")).item() if labels else float("nan")
+    return {
+        "run": str(run),
+        "data": str(folder),
+        "samples": len(labels),
+        "loss": loss,
+        "per_char_accuracy": per_char_accuracy(texts, labels, width),
+        "sequence_accuracy": sequence_accuracy(texts, labels),
+        "confused_pairs": [{"true": a, "predicted": b, "count": n} for a, b, n in confused_pairs(texts, labels)],
+        "skipped": [{"path": p, "reason": r} for p, r in problems],
+    }

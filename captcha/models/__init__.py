@@ -1,0 +1,7 @@
+"""Model zoo. Importing this package registers every architecture family."""
+
+from captcha.models import cnn, resnet  # noqa: F401  (registration side effects)
+from captcha.models._heads import HEAD_TYPES, Recognizer
+from captcha.models._registry import count_parameters, create_model, list_models, register_model
+
+__all__ = ["HEAD_TYPES", "Recognizer", "count_parameters", "create_model", "list_models", "register_model"]

@@ -1,0 +1,82 @@
+"""Heads: the part of a model that turns backbone features into logits [B, L, C].
+
+Every recognizer and classifier is `Recognizer(backbone, head)`; a classifier is the L = 1 case.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+HEAD_TYPES = ("fixed", "attention", "ctc")
+
+
+class PooledHeads(nn.Module):
+    """L independent linear heads on globally pooled features: the course report's design."""
+
+    def __init__(self, in_features: int, num_classes: int, length: int):
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(in_features, num_classes) for _ in range(length))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.ndim == 4:
+            features = features.mean(dim=(2, 3))
+        return torch.stack([head(features) for head in self.heads], dim=1)
+
+
+class AttentionHeads(nn.Module):
+    """Position-aware heads: each character has a learned query that attends over feature columns.
+
+    Pooling height away but keeping width lets each head look at where its character is,
+    instead of guessing it from a global average.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, length: int, max_columns: int = 64):
+        super().__init__()
+        self.position = nn.Parameter(torch.zeros(1, in_features, max_columns))
+        self.queries = nn.Parameter(torch.randn(length, in_features) * in_features**-0.5)
+        self.classifier = nn.Linear(in_features, num_classes)
+        nn.init.normal_(self.position, std=0.02)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        columns = features.mean(dim=2)  # B x F x W
+        keys = columns + self.position[:, :, : columns.shape[2]]
+        scores = torch.einsum("lf,bfw->blw", self.queries, keys) * keys.shape[1] ** -0.5
+        attended = torch.einsum("blw,bfw->blf", scores.softmax(dim=-1), columns)
+        return self.classifier(attended)
+
+
+class CTCHead(nn.Module):
+    """Per-column logits [B, T, C + 1] for CTC; class 0 is the blank."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 32):
+        super().__init__()
+        self.rnn = nn.GRU(in_features, hidden, batch_first=True, bidirectional=True)
+        self.classifier = nn.Linear(2 * hidden, num_classes + 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        columns = features.mean(dim=2).transpose(1, 2)  # B x W x F
+        out, _ = self.rnn(columns)
+        return self.classifier(out)
+
+
+def make_head(kind: str, in_features: int, num_classes: int, length: int) -> nn.Module:
+    if kind == "fixed":
+        return PooledHeads(in_features, num_classes, length)
+    if kind == "attention":
+        return AttentionHeads(in_features, num_classes, length)
+    if kind == "ctc":
+        return CTCHead(in_features, num_classes)
+    raise ValueError(f"unknown head {kind!r}; choose from {', '.join(HEAD_TYPES)}")
+
+
+class Recognizer(nn.Module):
+    """A backbone plus a head; `forward` returns logits [B, L, C] (or [B, T, C+1] for CTC)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))

@@ -1,0 +1,460 @@
+"""Training: `fit(config)` runs a whole experiment; `train_one_epoch` and `evaluate` are the loop.
+
+Decoded, preprocessed images stay in memory as one uint8 tensor on the training device; each
+batch is normalised and augmented there. Every epoch writes `last.pt` (weights, optimizer,
+scheduler, random states, history), so `--resume` continues an interrupted run exactly where it
+stopped; `best.pt` is the checkpoint with the best validation whole-string accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from captcha import checkpoint as ckpt
+from captcha import distributed as dist
+from captcha.alphabet import Alphabet
+from captcha.augment import AUGMENT_LEVELS, augment_batch
+from captcha.constants import DEFAULT_MAX_PARAMS, INPUT_SIZE, NORM_MEAN, NORM_STD
+from captcha.data import DataError, Dataset, check_labels, load_images, load_splits, split_samples
+from captcha.decoding import decode
+from captcha.metrics import format_accuracies, per_char_accuracy, sequence_accuracy
+from captcha.models import count_parameters, create_model
+from captcha.preprocess import get_preprocessor
+from captcha.progress import ProgressBar
+
+
+class ParameterBudgetError(ValueError):
+    """The chosen model has more parameters than `--max-params` allows."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; stored in every checkpoint."""
+
+    data: str | None = None  # labeled folder; None = the built-in generated CAPTCHA set
+    out: str = "runs/latest"  # run directory: best.pt, last.pt, metrics.csv, learning_curves.png
+    model: str = "resnet18_mod"
+    preprocess: str = "denoise"
+    head: str = "fixed"  # fixed (one softmax per character) | attention | ctc (variable length)
+    epochs: int = 25
+    batch_size: int = 64
+    lr: float = 3e-3  # peak learning rate
+    optimizer: str = "adamw"  # adam | adamw | sgd
+    weight_decay: float = 1e-4
+    schedule: str = "onecycle"  # onecycle | cosine | constant
+    label_smoothing: float = 0.0
+    augment: str = "light"  # none | light | strong (on the training device)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    patience: int = 0  # stop after this many epochs without a better val score; 0 = never
+    max_params: int = DEFAULT_MAX_PARAMS
+    alphabet: str | None = None  # None = inferred from the training labels
+    length: int | None = None  # None = inferred from the training labels (fixed heads)
+    input_size: tuple[int, int] = INPUT_SIZE
+    skip_bad: bool = False  # leave bad files out with a warning instead of stopping
+    cache_dir: str | None = None  # where preprocessed datasets are cached; None = ~/.cache/captchakit
+    init: str | None = None  # checkpoint to start from (fine-tuning); matching tensors are copied
+    eval_batch_size: int = 512
+    resume: bool = False  # continue from out/last.pt if it exists
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError("--epochs must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError("--batch-size must be at least 1")
+        if self.lr <= 0:
+            raise ValueError("--lr must be positive")
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            raise ValueError(f"--optimizer must be adam, adamw or sgd, not {self.optimizer!r}")
+        if self.schedule not in ("onecycle", "cosine", "constant"):
+            raise ValueError(f"--schedule must be onecycle, cosine or constant, not {self.schedule!r}")
+        if self.augment not in AUGMENT_LEVELS:
+            raise ValueError(f"--augment must be one of {', '.join(AUGMENT_LEVELS)}, not {self.augment!r}")
+        get_preprocessor(self.preprocess)  # raises on an unknown name
+        self.input_size = tuple(self.input_size)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    per_char: list[float]
+    sequence: float
+    samples: int
+    texts: list[str] = field(default_factory=list, repr=False)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def encode_labels(labels: list[str], alphabet: Alphabet, width: int) -> torch.Tensor:
+    """Labels as class indices, padded with -1 to `width` (variable-length CTC labels)."""
+    out = torch.full((len(labels), width), -1, dtype=torch.long)
+    for i, text in enumerate(labels):
+        out[i, : len(text)] = torch.tensor(alphabet.encode(text), dtype=torch.long)
+    return out
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, head: str, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over heads, or CTC loss for a CTC head (targets padded with -1)."""
+    if head == "ctc":
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # T x B x C+1
+        lengths = (targets >= 0).sum(1)
+        flat = targets[targets >= 0] + 1  # class 0 is the blank
+        input_lengths = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long)
+        return F.ctc_loss(log_probs, flat, input_lengths, lengths, blank=0, zero_infinity=True)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), label_smoothing=label_smoothing)
+
+
+def normalize_batch(x: torch.Tensor, mean: float = NORM_MEAN, std: float = NORM_STD) -> torch.Tensor:
+    """uint8 batch -> float, the same arithmetic as `captcha.preprocess.normalize`."""
+    return (x.float() * (1.0 / 255.0) - mean) / std
+
+
+def train_one_epoch(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    labels: list[str],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    config: TrainConfig,
+    alphabet: str,
+    generator: torch.Generator,
+    progress_desc: str = "",
+) -> EpochStats:
+    model.train()
+    device = next(model.parameters()).device
+    n = images.shape[0]
+    order = dist.shard(torch.randperm(n, generator=generator), n)
+    total_loss, seen, texts, truth = 0.0, 0, [], []
+    bar = ProgressBar(math.ceil(len(order) / config.batch_size), progress_desc, enabled=None if dist.is_main() else False)
+    for start in range(0, len(order), config.batch_size):
+        idx = order[start : start + config.batch_size]
+        x = normalize_batch(images[idx.to(images.device)].to(device, non_blocking=True))
+        x = augment_batch(x, config.augment, generator)
+        y = targets[idx].to(device, non_blocking=True)
+        logits = model(x)
+        loss = loss_fn(logits, y, config.head, config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total_loss += loss.item() * len(idx)
+        seen += len(idx)
+        texts += [p.text for p in decode(logits.detach().float().cpu().numpy(), alphabet, config.head)]
+        truth += [labels[i] for i in idx.tolist()]
+        bar.update(loss=loss.item())
+    bar.close()
+    return _stats(total_loss, seen, texts, truth, targets.shape[1])
+
+
+def _stats(total_loss: float, seen: int, texts: list[str], truth: list[str], width: int) -> EpochStats:
+    """Epoch statistics, summed over every process when training is distributed."""
+    per_char = per_char_accuracy(texts, truth, width)
+    seq = sequence_accuracy(texts, truth)
+    sums = dist.all_reduce_sum([total_loss, float(seen), seq * seen] + [a * seen for a in per_char])
+    total_loss, seen_f, seq_hits = sums[0], sums[1], sums[2]
+    return EpochStats(total_loss / max(seen_f, 1), [h / max(seen_f, 1) for h in sums[3:]], seq_hits / max(seen_f, 1), int(seen_f), texts)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512, mean: float = NORM_MEAN, std: float = NORM_STD) -> torch.Tensor:
+    """Logits for uint8 images N x K x H x W, in batches, on the model's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs = [model(normalize_batch(images[i : i + batch_size].to(device), mean, std)).float().cpu() for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, labels: list[str], alphabet: str, head: str, batch_size: int = 512) -> EpochStats:
+    """Loss, per-character and whole-string accuracy on one split (no augmentation)."""
+    logits = predict_logits(model, images, batch_size)
+    if logits.numel() == 0:
+        return EpochStats(float("nan"), [0.0] * targets.shape[1], 0.0, 0, [])
+    loss = loss_fn(logits, targets, head).item()
+    texts = [p.text for p in decode(logits.numpy(), alphabet, head)]
+    return EpochStats(loss, per_char_accuracy(texts, labels, targets.shape[1]), sequence_accuracy(texts, labels), len(labels), texts)
+
+
+def log_line(epoch: int, epochs: int, phase: str, stats: EpochStats, elapsed: float) -> str:
+    """The course report's epoch line, plus whole-string accuracy and elapsed time."""
+    return (
+        f"Epoch [{epoch}/{epochs}], phase: {phase}, samples: {stats.samples}, Loss: {stats.loss:.4f}, "
+        f"Top-1 Accuracies: {format_accuracies(stats.per_char)}, Sequence: {stats.sequence * 100:.2f}%, "
+        f"Elapsed: {elapsed:.1f}s"
+    )
+
+
+def infer_length(labels: list[str]) -> int:
+    """The most common label length; labels of other lengths are then reported as bad data."""
+    if not labels:
+        raise DataError([("<train split>", "no training images found")], "no data")
+    return Counter(len(t) for t in labels).most_common(1)[0][0]
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return None
+
+
+def default_data_dir(cache_dir: str | None = None) -> Path:
+    """The built-in generated set: created once (4000/1000/3000, course style) and reused."""
+    from captcha.constants import DEFAULT_DATA_DIRNAME
+    from captcha.data import _default_cache_dir
+    from captcha.generate import GeneratorConfig, generate_dataset
+
+    root = Path(cache_dir) if cache_dir else _default_cache_dir()
+    folder = root / DEFAULT_DATA_DIRNAME
+    marker = folder / ".complete"
+    if not marker.exists():
+        if dist.is_main():
+            print(f"Generating the built-in CAPTCHA set once in {folder} ...", flush=True)
+            generate_dataset(folder, GeneratorConfig())
+            marker.write_text("ok\n")
+        dist.barrier()
+    return folder
+
+
+@dataclass
+class PreparedData:
+    alphabet: Alphabet
+    length: int | None
+    splits: dict[str, Dataset]
+
+
+def prepare_data(config: TrainConfig, data_dir: Path) -> PreparedData:
+    """Find, check and decode every split; one DataError lists every bad file of every split."""
+    samples = load_splits(data_dir, seed=config.seed)
+    if not samples["train"]:
+        raise DataError([(str(data_dir), "no labeled images found")], "no training data")
+    if not samples["val"]:
+        parts = split_samples(samples["train"], config.seed, val_fraction=0.1, test_fraction=0.0)
+        samples["train"], samples["val"] = parts["train"], parts["val"]
+    train_labels = [s.label for s in samples["train"]]
+    length = None if config.head == "ctc" else (config.length or infer_length(train_labels))
+    alphabet = Alphabet(config.alphabet) if config.alphabet else Alphabet.from_labels(t for t in train_labels if length is None or len(t) == length)
+    problems: list[tuple[str, str]] = []
+    good: dict[str, list] = {}
+    for split, items in samples.items():
+        bad = check_labels(items, alphabet, length)
+        problems += bad
+        bad_paths = {p for p, _ in bad}
+        good[split] = [s for s in items if str(s.path) not in bad_paths]
+    prep = config.preprocess
+    encoded = {split: load_images(items, prep, config.input_size, config.cache_dir) for split, items in good.items()}
+    for enc in encoded.values():
+        problems += enc.problems
+    if problems:
+        error = DataError(sorted(problems), f"bad data in {data_dir}")
+        if not config.skip_bad:
+            raise error
+        if dist.is_main():
+            print("WARNING: " + str(error).splitlines()[0] + " (left out, --skip-bad):")
+            for path, reason in sorted(problems)[:50]:
+                print(f"  {path}: {reason}")
+    splits = {
+        split: Dataset(enc.images, [s.label for s in enc.samples], [s.path for s in enc.samples])
+        for split, enc in encoded.items()
+    }
+    return PreparedData(alphabet, length, splits)
+
+
+def _load_init_weights(model: nn.Module, path: str) -> int:
+    """Copy every tensor whose name and shape match from a checkpoint; returns how many."""
+    state = ckpt.load_checkpoint(path)["model_state"]
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    return len(matched)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_epoch: int
+    val: dict
+    test: dict | None
+    parameters: int
+    train_seconds: float
+
+
+def _stats_dict(s: EpochStats) -> dict:
+    return {"samples": s.samples, "loss": s.loss, "per_char_accuracy": s.per_char, "sequence_accuracy": s.sequence}
+
+
+def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = None, log: Callable[[str], None] = print) -> RunResult:
+    """Train, keep the best checkpoint, evaluate it on the test split; resumable."""
+    run_dir = Path(config.out)
+    last_path = run_dir / ckpt.LAST
+    resume_state = None
+    device = resolve_device(config.device)
+    if config.resume and last_path.exists():
+        resume_state = torch.load(last_path, map_location="cpu", weights_only=False)
+        saved = {k: v for k, v in resume_state["config"].items() if k in {f.name for f in fields(TrainConfig)}}
+        saved.update(device=config.device, out=config.out)
+        config = TrainConfig(**saved)
+        if dist.is_main():
+            log(f"Resuming {run_dir} from epoch {resume_state['epoch']} of {config.epochs}")
+    elif config.resume and dist.is_main():
+        log(f"No {last_path} to resume from; starting a new run")
+
+    torch.manual_seed(config.seed)
+    data_dir = Path(config.data) if config.data else default_data_dir(config.cache_dir)
+    data = prepare_data(config, data_dir)
+    train, val, test = data.splits["train"], data.splits["val"], data.splits.get("test")
+    channels = get_preprocessor(config.preprocess).channels
+    model_args = {"num_classes": len(data.alphabet), "length": data.length or 1, "in_channels": channels, "head": config.head}
+    model = create_model(config.model, **model_args)
+    n_params = count_parameters(model)
+    if n_params > config.max_params:
+        raise ParameterBudgetError(
+            f"model {config.model} has {n_params:,} parameters, over the budget of {config.max_params:,} (--max-params)"
+        )
+    if config.init and resume_state is None:
+        copied = _load_init_weights(model, config.init)
+        if dist.is_main():
+            log(f"Initialised {copied} tensors from {config.init}")
+    model.to(device)
+    width = data.length or max(len(t) for t in train.labels)
+    tensors = {}
+    for name, ds in (("train", train), ("val", val), ("test", test)):
+        if ds is None:
+            continue
+        tensors[name] = (torch.from_numpy(ds.images).to(device), encode_labels(ds.labels, data.alphabet, max(width, max((len(t) for t in ds.labels), default=1))))
+    ddp_model = dist.wrap_model(model, device)
+    optimizer = _make_optimizer(model, config)
+    steps_per_epoch = math.ceil(math.ceil(len(train) / dist.world_size()) / config.batch_size)
+    scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
+    generator = torch.Generator().manual_seed(config.seed + 1000 * dist.rank())
+
+    meta = ckpt.make_meta(
+        task="recognition", model_name=config.model, model_args=model_args, input_size=config.input_size,
+        channels=channels, preprocess=config.preprocess, mean=NORM_MEAN, std=NORM_STD,
+        alphabet=data.alphabet.symbols, length=data.length, config=_config_dict(config),
+    )
+    meta["parameters"] = n_params
+    history: list[dict] = []
+    best_score, best_epoch, start_epoch, stale, train_seconds = -1.0, 0, 1, 0, 0.0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model_state"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        if scheduler is not None and resume_state.get("scheduler"):
+            scheduler.load_state_dict(resume_state["scheduler"])
+        generator.set_state(resume_state["generator"])
+        torch.set_rng_state(resume_state["torch_rng"])
+        history = resume_state["history"]
+        best_score, best_epoch = resume_state["best_score"], resume_state["best_epoch"]
+        stale, train_seconds = resume_state["stale"], resume_state["train_seconds"]
+        start_epoch = resume_state["epoch"] + 1
+
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log(
+            f"Training {config.model} ({n_params:,} parameters) on {len(train)} train / {len(val)} val images "
+            f"from {data_dir}, preprocess={config.preprocess}, alphabet={data.alphabet.symbols!r} "
+            f"({len(data.alphabet)} symbols), length={data.length or 'variable'}, device={device}"
+        )
+    timer_start = time.perf_counter() - train_seconds
+    for epoch in range(start_epoch, config.epochs + 1):
+        train_stats = train_one_epoch(ddp_model, *tensors["train"], train.labels, optimizer, scheduler, config, data.alphabet.symbols, generator, f"epoch {epoch}/{config.epochs}")
+        val_stats = evaluate(model, *tensors["val"], val.labels, data.alphabet.symbols, config.head, config.eval_batch_size)
+        elapsed = time.perf_counter() - timer_start
+        rows = [
+            {"epoch": epoch, "phase": phase, **_stats_dict(s), "elapsed": round(elapsed, 3), "lr": optimizer.param_groups[0]["lr"]}
+            for phase, s in (("train", train_stats), ("val", val_stats))
+        ]
+        history += rows
+        improved = val_stats.sequence > best_score
+        if improved:
+            best_score, best_epoch, stale = val_stats.sequence, epoch, 0
+        else:
+            stale += 1
+        if dist.is_main():
+            log(log_line(epoch, config.epochs, "train", train_stats, elapsed))
+            log(log_line(epoch, config.epochs, "val", val_stats, elapsed))
+            if improved:
+                meta["metrics"] = {"best_epoch": epoch, "val": _stats_dict(val_stats)}
+                ckpt.save_checkpoint(run_dir / ckpt.BEST, model, meta)
+            ckpt.save_checkpoint(
+                last_path, model, meta, optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict() if scheduler is not None else None,
+                generator=generator.get_state(), torch_rng=torch.get_rng_state(), history=history,
+                epoch=epoch, best_score=best_score, best_epoch=best_epoch, stale=stale,
+                train_seconds=elapsed, config=_config_dict(config),
+            )
+            _write_history(run_dir, history, width)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, rows[-1])
+        if config.patience and stale >= config.patience:
+            if dist.is_main():
+                log(f"Stopping early: no better val whole-string accuracy for {config.patience} epochs")
+            break
+    train_seconds = time.perf_counter() - timer_start
+    dist.barrier()
+
+    best_model, best_meta = ckpt.load_model(run_dir / ckpt.BEST, device)
+    val_best = evaluate(best_model, *tensors["val"], val.labels, data.alphabet.symbols, config.head, config.eval_batch_size)
+    test_stats = None
+    if test is not None and len(test):
+        test_stats = evaluate(best_model, *tensors["test"], test.labels, data.alphabet.symbols, config.head, config.eval_batch_size)
+    if dist.is_main():
+        best_meta["metrics"] = {
+            "best_epoch": best_epoch, "val": _stats_dict(val_best),
+            "test": _stats_dict(test_stats) if test_stats else None, "train_seconds": round(train_seconds, 2),
+        }
+        ckpt.save_checkpoint(run_dir / ckpt.BEST, best_model, best_meta)
+        (run_dir / "metrics.json").write_text(json.dumps(best_meta["metrics"], indent=2) + "\n")
+        from captcha.plots import learning_curves
+
+        learning_curves(history, run_dir / "learning_curves.png")
+        if test_stats:
+            log(log_line(best_epoch, config.epochs, "test", test_stats, train_seconds).replace(f"Epoch [{best_epoch}/{config.epochs}]", f"Best epoch [{best_epoch}/{config.epochs}]"))
+        log(f"Saved the best model (epoch {best_epoch}, val whole-string {best_score * 100:.2f}%) to {run_dir / ckpt.BEST}")
+    return RunResult(run_dir, best_epoch, _stats_dict(val_best), _stats_dict(test_stats) if test_stats else None, n_params, train_seconds)
+
+
+def _config_dict(config: TrainConfig) -> dict:
+    d = asdict(config)
+    d["input_size"] = list(config.input_size)
+    return d
+
+
+def _write_history(run_dir: Path, history: list[dict], width: int) -> None:
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "phase", "samples", "loss", "sequence_accuracy"] + [f"char{i + 1}_accuracy" for i in range(width)] + ["elapsed_s", "lr"])
+        for r in history:
+            accs = list(r["per_char_accuracy"]) + [""] * (width - len(r["per_char_accuracy"]))
+            writer.writerow([r["epoch"], r["phase"], r["samples"], f"{r['loss']:.6f}", f"{r['sequence_accuracy']:.6f}"] + [f"{a:.6f}" if a != "" else "" for a in accs] + [r["elapsed"], f"{r['lr']:.6g}"])
