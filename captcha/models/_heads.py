@@ -47,17 +47,20 @@ class AttentionHeads(nn.Module):
 
 
 class CTCHead(nn.Module):
-    """Per-column logits [B, T, C + 1] for CTC; class 0 is the blank."""
+    """Per-column logits [B, T, C + 1] for CTC; class 0 is the blank.
 
-    def __init__(self, in_features: int, num_classes: int, hidden: int = 32):
+    A small 1-D convolution over columns gives each column its neighbours' context (cheaper
+    than a recurrent layer, and exports to ONNX with any batch size).
+    """
+
+    def __init__(self, in_features: int, num_classes: int):
         super().__init__()
-        self.rnn = nn.GRU(in_features, hidden, batch_first=True, bidirectional=True)
-        self.classifier = nn.Linear(2 * hidden, num_classes + 1)
+        self.context = nn.Sequential(nn.Conv1d(in_features, in_features, 3, padding=1), nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(in_features, num_classes + 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        columns = features.mean(dim=2).transpose(1, 2)  # B x W x F
-        out, _ = self.rnn(columns)
-        return self.classifier(out)
+        columns = features.mean(dim=2)  # B x F x W
+        return self.classifier((columns + self.context(columns)).transpose(1, 2))
 
 
 def make_head(kind: str, in_features: int, num_classes: int, length: int) -> nn.Module:

@@ -1,0 +1,242 @@
+"""Export a trained run to ONNX, with every fact a server needs inside the file.
+
+The ONNX graph takes the *normalised* float32 batch [B, K, H, W] (input "images") and returns
+the raw logits (output "logits"); decoding, preprocessing and normalisation stay in Python
+(`captcha.preprocess`, `captcha.decoding`) so the server runs the very same code as training.
+The checkpoint's meta goes into `metadata_props`, so an .onnx file alone is enough to serve.
+
+Export checks itself: ONNX Runtime and torch must predict the same characters on real CAPTCHA
+images, and the largest logit difference is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import captcha
+from captcha.constants import IMAGE_EXTENSIONS
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 17
+FORMATS = ("onnx", "triton")
+
+
+@dataclass
+class ExportResult:
+    """What `export_onnx` wrote and how closely ONNX Runtime matched torch."""
+
+    path: Path
+    verified_images: int
+    max_abs_diff: float
+    agree: bool
+    output_shape: list[int]  # per sample, without the batch axis
+
+
+def metadata_from_meta(meta: dict[str, Any]) -> dict[str, str]:
+    """Checkpoint meta -> ONNX metadata_props (all values strings; structured ones as JSON)."""
+    norm = meta.get("normalization") or {}
+    props = {
+        "captchakit.format": "1",
+        "task": meta["task"],
+        "head": meta.get("head", "fixed"),
+        "length": "" if meta.get("length") is None else str(int(meta["length"])),
+        "input_size": json.dumps([int(x) for x in meta["input_size"]]),
+        "channels": str(int(meta["channels"])),
+        "preprocess": meta["preprocess"],
+        "normalization": json.dumps({"mean": float(norm.get("mean", 0.5)), "std": float(norm.get("std", 0.5))}),
+        "model_name": meta["model"]["name"],
+        "model_args": json.dumps(meta["model"].get("args", {})),
+        "captchakit_version": captcha.__version__,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+    }
+    if meta.get("alphabet") is not None:
+        props["alphabet"] = json.dumps(meta["alphabet"])
+    if meta.get("class_names") is not None:
+        props["class_names"] = json.dumps(list(meta["class_names"]))
+    metrics = meta.get("metrics") or {}
+    if metrics:
+        props["metrics"] = json.dumps(metrics, default=str)
+    return props
+
+
+def _torch_export(model, dummy, path: Path, opset: int) -> None:
+    """Legacy TorchScript exporter: robust for these small CNN/GRU models, dynamic batch axis."""
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def _write_metadata(path: Path, meta: dict[str, Any]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in metadata_from_meta(meta).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "captchakit"
+    proto.producer_version = captcha.__version__
+    proto.doc_string = f"captchakit {meta['task']} model {meta['model']['name']} ({meta.get('head', 'fixed')} head)"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def verification_images(meta: dict[str, Any], count: int, workdir: Path) -> list[Path]:
+    """Up to `count` real images: the run's own test/val data, else freshly generated CAPTCHAs."""
+    data = (meta.get("config") or {}).get("data")
+    if data:
+        root = Path(data)
+        for sub in ("test", "val", "train", "."):
+            folder = root / sub
+            if folder.is_dir():
+                files = _image_files(folder)
+                if files:
+                    return files[:count]
+    if meta["task"] != "recognition":
+        raise ValueError("cannot verify the export: the run's data folder is gone and classifiers have no generator; pass --no-verify")
+    from captcha.generate import GeneratorConfig, generate_dataset
+
+    length = meta.get("length") or 4
+    generate_dataset(
+        workdir,
+        GeneratorConfig(alphabet=meta["alphabet"], length=length, size=tuple(meta["input_size"]), splits={"test": count}, seed=1234),
+    )
+    return _image_files(workdir / "test")
+
+
+def _verify(path: Path, model, meta: dict[str, Any], images: list[Path]) -> tuple[float, bool]:
+    """Run torch and ONNX Runtime (CPU) on the same images; (max |logit diff|, texts agree)."""
+    import onnxruntime as ort
+    import torch
+
+    from captcha.decoding import decode
+    from captcha.imageio import read_image
+    from captcha.preprocess import get_preprocessor, normalize
+
+    pre = get_preprocessor(meta["preprocess"])
+    norm = meta["normalization"]
+    size = tuple(meta["input_size"])
+    batch = np.stack([normalize(pre(read_image(p), size), norm["mean"], norm["std"]) for p in images])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(batch)).float().numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+    labels = meta["alphabet"] if meta["task"] == "recognition" else meta["class_names"]
+    head = meta.get("head", "fixed")
+    same = [a.text for a in decode(expected, labels, head)] == [b.text for b in decode(got, labels, head)]
+    return float(np.abs(expected - got).max()), same
+
+
+def export_onnx(
+    run: str | Path,
+    out: str | Path | None = None,
+    verify_images: int | list[str | Path] = 32,
+    opset: int = DEFAULT_OPSET,
+    log=print,
+) -> ExportResult:
+    """Export `run` (a run directory or .pt) to ONNX and verify it against torch.
+
+    `verify_images` is a number of images to take from the run's data (or to generate), an
+    explicit list of image paths, or 0 to skip the check. Raises RuntimeError when ONNX Runtime
+    and torch disagree on any predicted character.
+    """
+    import torch
+
+    from captcha.checkpoint import load_model, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(run)
+    model, meta = load_model(checkpoint, "cpu")
+    out_path = Path(out) if out else checkpoint.parent / "model.onnx"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = meta["input_size"]
+    dummy = torch.zeros(2, int(meta["channels"]), int(h), int(w))
+    with torch.no_grad():
+        output_shape = list(model(dummy).shape[1:])
+    _torch_export(model, dummy, out_path, opset)
+    _write_metadata(out_path, meta)
+    diff, agree, count = 0.0, True, 0
+    if verify_images:
+        with tempfile.TemporaryDirectory() as tmp:
+            images = [Path(p) for p in verify_images] if isinstance(verify_images, list) else verification_images(meta, int(verify_images), Path(tmp))
+            diff, agree = _verify(out_path, model, meta, images)
+            count = len(images)
+        log(f"Verified {out_path} on {count} images: ONNX Runtime and torch {'agree on every prediction' if agree else 'DISAGREE'}; max abs logit difference {diff:.3g}")
+        if not agree:
+            raise RuntimeError(f"{out_path}: ONNX Runtime and torch predict different text (max abs logit difference {diff:.3g})")
+    return ExportResult(out_path, count, diff, agree, [int(x) for x in output_shape])
+
+
+def triton_config(name: str, meta: dict[str, Any], output_shape: list[int], max_batch_size: int = 64) -> str:
+    """A Triton `config.pbtxt` for the raw-tensor ONNX model, with dynamic batching."""
+    h, w = meta["input_size"]
+    dims_in = f"[ {int(meta['channels'])}, {int(h)}, {int(w)} ]"
+    dims_out = "[ " + ", ".join(str(d) for d in output_shape) + " ]"
+    return (
+        f'name: "{name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        f"max_batch_size: {max_batch_size}\n"
+        f'input [\n  {{\n    name: "{INPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: {dims_in}\n  }}\n]\n'
+        f'output [\n  {{\n    name: "{OUTPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: {dims_out}\n  }}\n]\n'
+        "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
+        "instance_group [\n  {\n    kind: KIND_AUTO\n    count: 1\n  }\n]\n"
+    )
+
+
+def export_triton(run: str | Path, repo: str | Path, name: str = "captcha", **kwargs: Any) -> Path:
+    """Write a Triton model repository entry: `repo/NAME/1/model.onnx` + `repo/NAME/config.pbtxt`."""
+    from captcha.checkpoint import load_checkpoint
+
+    model_dir = Path(repo) / name
+    result = export_onnx(run, model_dir / "1" / "model.onnx", **kwargs)
+    meta = load_checkpoint(run)["meta"]
+    (model_dir / "config.pbtxt").write_text(triton_config(name, meta, result.output_shape))
+    return model_dir
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    count = 0 if args.no_verify else args.verify_images
+    if args.format == "triton":
+        repo = Path(args.out or "model_repository")
+        model_dir = export_triton(args.run, repo, args.name, verify_images=count, opset=args.opset)
+        print(f"Wrote Triton model {model_dir} (1/model.onnx, config.pbtxt)")
+        return 0
+    result = export_onnx(args.run, args.out, verify_images=count, opset=args.opset)
+    print(f"Wrote {result.path} (input {INPUT_NAME!r} float32 [B, ...], output {OUTPUT_NAME!r} {['B', *result.output_shape]})")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `captcha export`."""
+    p = subparsers.add_parser("export", help="export a trained run to ONNX (or a Triton model repository)")
+    p.add_argument("run", help="run directory or checkpoint")
+    p.add_argument("--out", help="output .onnx file (default RUN_DIR/model.onnx); with --format triton, the repository folder (default model_repository)")
+    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("--name", default="captcha", help="model name in the Triton repository")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--verify-images", type=int, default=32, help="images to check ONNX Runtime against torch on")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs torch check")
+    p.set_defaults(func=_cmd_export)

@@ -1,0 +1,1 @@
+"""gRPC serving of exported captchakit ONNX models (`captcha serve`, `captcha client`)."""

@@ -1,0 +1,135 @@
+"""The request pipeline shared by every API: look up model, decode + preprocess, batch, decode.
+
+Decode and preprocess run in a thread pool (OpenCV releases the GIL, so they use every core);
+the model runs in its `DynamicBatcher`. Failures become `RpcAbort(code, message)`, which the
+servicers turn into gRPC statuses (or per-item errors in batch and stream calls).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from captcha.decoding import Prediction
+from captcha.imageio import ImageDecodeError
+from serving.batcher import BatcherClosedError, CallerGoneError, DynamicBatcher, QueueFullError
+from serving.metrics import Metrics
+from serving.model import ServedModel
+
+_POLL_S = 0.5  # how often a waiting call re-checks that its client is still there
+
+
+class RpcAbort(Exception):
+    """A gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Entry:
+    model: ServedModel
+    batcher: DynamicBatcher
+
+
+class Engine:
+    """Served models by name plus the preprocessing pool."""
+
+    def __init__(self, metrics: Metrics, workers: int, max_batch: int, max_delay_s: float, max_queue: int):
+        self.metrics = metrics
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="preprocess")
+        self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
+        self.entries: dict[str, Entry] = {}
+        self.default: str | None = None
+        self.ready = threading.Event()
+
+    def add(self, model: ServedModel) -> None:
+        """Serve `model` (the first added is the default); warms it up first."""
+        model.warm_up(self.max_batch)
+        batcher = DynamicBatcher(
+            model.run, self.max_batch, self.max_delay_s, self.max_queue, name=model.name,
+            on_batch=lambda n, name=model.name: self.metrics.observe("captcha_batch_size", n, model=name),
+        )
+        self.metrics.gauge("captcha_queue_depth", lambda b=batcher: b.depth, model=model.name)
+        self.entries[model.name] = Entry(model, batcher)
+        self.default = self.default or model.name
+
+    def get(self, name: str) -> Entry:
+        if not self.ready.is_set():
+            raise RpcAbort(grpc.StatusCode.UNAVAILABLE, "models are still loading")
+        entry = self.entries.get(name or self.default or "")
+        if entry is None:
+            raise RpcAbort(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; served: {', '.join(self.entries)}")
+        return entry
+
+    def _prepare(self, entry: Entry, data: bytes, source: str, is_active) -> Future:
+        """Decode + preprocess, then queue for the model; returns the batcher's future."""
+        if not is_active():
+            raise RpcAbort(grpc.StatusCode.CANCELLED, "the call ended before its image was decoded")
+        try:
+            tensor = entry.model.preprocess(data, source)
+        except ImageDecodeError as exc:
+            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        try:
+            return entry.batcher.submit(tensor, is_active)
+        except QueueFullError as exc:
+            raise RpcAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        except BatcherClosedError as exc:
+            raise RpcAbort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+
+    def submit(self, entry: Entry, data: bytes, source: str, context: grpc.ServicerContext, inline: bool = False) -> Future:
+        """Start one image; the future resolves to the batcher's future (two stages)."""
+        if inline:
+            f: Future = Future()
+            try:
+                f.set_result(self._prepare(entry, data, source, context.is_active))
+            except RpcAbort as exc:
+                f.set_exception(exc)
+            return f
+        return self.pool.submit(self._prepare, entry, data, source, context.is_active)
+
+    def logits(self, staged: Future, context: grpc.ServicerContext) -> np.ndarray:
+        """Wait for one image's logits row, honouring the call's deadline and cancellation."""
+        return _wait(_wait(staged, context), context)
+
+    def predict(self, entry: Entry, staged: Future, context: grpc.ServicerContext) -> Prediction:
+        row = self.logits(staged, context)
+        self.metrics.inc("captcha_images_total", model=entry.model.name)
+        return entry.model.decode(row[None])[0]
+
+    def close(self) -> None:
+        for entry in self.entries.values():
+            entry.batcher.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _wait(future: Future, context: grpc.ServicerContext):
+    """The future's result; polls so a cancelled call or a passed deadline stops the wait."""
+    while not future.done():
+        if not context.is_active():
+            future.cancel()
+            raise RpcAbort(grpc.StatusCode.CANCELLED, "the call was cancelled or its deadline passed")
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            future.cancel()
+            raise RpcAbort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while waiting for the model")
+        futures_wait([future], timeout=_POLL_S if remaining is None else min(_POLL_S, remaining))
+    if future.cancelled():
+        raise RpcAbort(grpc.StatusCode.CANCELLED, "the call ended before the model ran")
+    exc = future.exception()
+    if exc is None:
+        return future.result()
+    if isinstance(exc, RpcAbort):
+        raise exc
+    if isinstance(exc, BatcherClosedError):
+        raise RpcAbort(grpc.StatusCode.UNAVAILABLE, str(exc))
+    if isinstance(exc, CallerGoneError):
+        raise RpcAbort(grpc.StatusCode.CANCELLED, str(exc))
+    raise RpcAbort(grpc.StatusCode.INTERNAL, f"inference failed: {exc}")

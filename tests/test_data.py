@@ -1,0 +1,89 @@
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from captcha.alphabet import Alphabet, LabelError
+from captcha.data import DataError, load_images, load_splits, scan_folder
+from captcha.train import TrainConfig, prepare_data
+
+
+def _write(path, seed=0):
+    img = np.random.default_rng(seed).integers(0, 255, (50, 130, 3), dtype=np.uint8)
+    cv2.imwrite(str(path), img)
+
+
+def test_labels_from_file_names(tmp_path):
+    _write(tmp_path / "ab12_0001.png")
+    _write(tmp_path / "cd34.jpg")
+    labels = sorted(s.label for s in scan_folder(tmp_path))
+    assert labels == ["ab12", "cd34"]
+
+
+def test_labels_csv_wins_over_file_names(tmp_path):
+    _write(tmp_path / "img1.png")
+    _write(tmp_path / "img2.png")
+    (tmp_path / "labels.csv").write_text("filename,label\nimg1.png,AAAA\nimg2.png,BBBB\n")
+    assert {s.label for s in scan_folder(tmp_path)} == {"AAAA", "BBBB"}
+
+
+def test_labels_csv_naming_a_missing_file_is_reported(tmp_path):
+    (tmp_path / "labels.csv").write_text("filename,label\nghost.png,AAAA\n")
+    with pytest.raises(DataError, match="ghost.png"):
+        scan_folder(tmp_path)
+
+
+def test_flat_folder_gets_a_seeded_split(tmp_path):
+    for i in range(50):
+        _write(tmp_path / f"ab{i % 10}x_{i}.png", i)
+    a, b = load_splits(tmp_path, seed=1), load_splits(tmp_path, seed=1)
+    assert [s.path for s in a["train"]] == [s.path for s in b["train"]]
+    assert (len(a["train"]), len(a["val"]), len(a["test"])) == (40, 5, 5)
+
+
+def test_alphabet_encodes_and_names_unknown_symbols():
+    alphabet = Alphabet.from_labels(["ba", "ca"])
+    assert alphabet.symbols == "abc" and alphabet.encode("cab") == [2, 0, 1]
+    with pytest.raises(LabelError, match="'z'"):
+        alphabet.encode("az")
+
+
+def test_every_bad_file_is_listed_before_training(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / "train" / "labels.csv").unlink()
+    (data / "train" / "corrupt_0001.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    _write(data / "train" / "abc_0002.png")  # wrong length
+    _write(data / "train" / "2Z45_0003.png")  # Z outside the given alphabet
+    (data / "val" / "labels.csv").unlink()
+    (data / "val" / "5555_truncated.png").write_bytes(cv2.imencode(".png", np.zeros((50, 130, 3), np.uint8))[1].tobytes()[:40])
+    config = TrainConfig(data=str(data), alphabet="2345678bcdefgmnpwxy", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError) as info:
+        prepare_data(config, data)
+    message = str(info.value)
+    for name in ("abc_0002.png", "2Z45_0003.png", "5555_truncated.png"):
+        assert name in message
+    assert "expected 4" in message and "outside the alphabet" in message and "not a readable image" in message
+    assert "corrupt_0001.png" in message  # 'corrupt' has 7 characters: a length problem
+    assert "--skip-bad" in message
+
+    config.skip_bad = True
+    prepared = prepare_data(config, data)
+    assert len(prepared.splits["train"]) == 120 and len(prepared.splits["val"]) == 40
+
+
+def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "val", data)
+    samples = scan_folder(data)
+    cache = tmp_path / "cache"
+    first = load_images(samples, "denoise", (50, 130), cache)
+    assert len(list(cache.glob("*.npz"))) == 1
+    again = load_images(samples, "denoise", (50, 130), cache)
+    assert np.array_equal(first.images, again.images)
+    _write(samples[0].path, seed=99)
+    changed = load_images(samples, "denoise", (50, 130), cache)
+    assert len(list(cache.glob("*.npz"))) == 2
+    assert not np.array_equal(first.images[0], changed.images[0])
+    assert np.array_equal(first.images[1:], changed.images[1:])

@@ -1,0 +1,81 @@
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from captcha.imageio import ImageDecodeError, decode_image, read_image
+
+
+def _rgb():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+
+
+def _pil_bytes(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a: _pil_bytes(Image.fromarray(a, "RGB"), "PNG"),
+        lambda a: _pil_bytes(Image.fromarray(a, "RGB").convert("RGBA"), "PNG"),
+        lambda a: _pil_bytes(Image.fromarray(a, "RGB").convert("L"), "PNG"),
+        lambda a: _pil_bytes(Image.fromarray(a, "RGB").convert("P"), "PNG"),
+        lambda a: _pil_bytes(Image.fromarray(a, "RGB"), "JPEG"),
+        lambda a: _pil_bytes(Image.fromarray(a, "RGB").convert("P"), "GIF"),
+        lambda a: _pil_bytes(Image.fromarray(a, "RGB"), "BMP"),
+        lambda a: cv2.imencode(".png", (a.astype(np.uint16) * 257))[1].tobytes(),
+    ],
+    ids=["png-rgb", "png-rgba", "png-gray", "png-palette", "jpeg", "gif", "bmp", "png-16bit"],
+)
+def test_every_mode_and_format_decodes_to_bgr8(make):
+    out = decode_image(make(_rgb()))
+    assert out.dtype == np.uint8 and out.shape == (20, 30, 3)
+
+
+def test_rgba_transparency_is_composited_over_white():
+    rgba = np.zeros((4, 4, 4), np.uint8)  # fully transparent black
+    data = _pil_bytes(Image.fromarray(rgba, "RGBA"), "PNG")
+    assert (decode_image(data) == 255).all()
+
+
+def test_colours_survive_png_roundtrip():
+    a = _rgb()
+    data = cv2.imencode(".png", a)[1].tobytes()
+    assert np.array_equal(decode_image(data), a)
+
+
+@pytest.mark.parametrize("data, reason", [(b"", "empty"), (b"not an image at all", "not a readable image")])
+def test_bad_bytes_get_a_clear_error(data, reason):
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_image(data, "req-1")
+
+
+def test_truncated_png_is_rejected():
+    data = cv2.imencode(".png", _rgb())[1].tobytes()
+    with pytest.raises(ImageDecodeError, match="req"):
+        decode_image(data[: len(data) // 2], "req")
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    with pytest.raises(ImageDecodeError, match="exceeds the limit"):
+        decode_image(data)
+
+
+def test_read_image_names_the_file(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    with pytest.raises(ImageDecodeError, match="broken.png"):
+        read_image(bad)
+    with pytest.raises(ImageDecodeError, match="missing.png"):
+        read_image(tmp_path / "missing.png")

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from captcha.cli import main
+from captcha.models import count_parameters, create_model, list_models
+
+
+def _count(name, classes, channels, length=4, head="fixed"):
+    return count_parameters(create_model(name, num_classes=classes, length=length, in_channels=channels, head=head))
+
+
+def test_reports_parameter_counts_exactly():
+    assert _count("resnet18_mod", 19, 3) == 95_164
+    assert _count("resnet18", 19, 1) == 11_209_228
+
+
+def test_course_baselines_land_near_their_reported_sizes():
+    assert abs(_count("baseline", 19, 3) - 4_845_196) / 4_845_196 < 0.02
+    assert abs(_count("simplecnn", 19, 3) - 12_674_508) / 12_674_508 < 0.02
+
+
+@pytest.mark.parametrize("head", ["fixed", "attention", "ctc"])
+def test_resnet18_mod_stays_under_the_budget_up_to_62_symbols(head):
+    for classes in (10, 19, 36, 62):
+        assert _count("resnet18_mod", classes, 3, head=head) <= 1_000_000
+    assert _count("resnet18_mod", 62, 3, head=head) <= 100_000 or head == "fixed"
+
+
+@pytest.mark.parametrize("name", list_models("recognition"))
+@pytest.mark.parametrize("head", ["fixed", "attention"])
+def test_every_model_gives_one_logit_row_per_character(name, head):
+    if name in ("baseline", "simplecnn") and head != "fixed":
+        with pytest.raises(ValueError, match="supports only --head fixed"):
+            create_model(name, num_classes=7, length=5, in_channels=1, head=head)
+        return
+    model = create_model(name, num_classes=7, length=5, in_channels=1, head=head)
+    assert model(torch.zeros(2, 1, 50, 130)).shape == (2, 5, 7)
+
+
+def test_ctc_head_gives_enough_columns_for_long_labels():
+    model = create_model("resnet18_mod", num_classes=10, in_channels=1, head="ctc")
+    logits = model(torch.zeros(1, 1, 50, 130))
+    assert logits.shape[-1] == 11 and logits.shape[1] >= 2 * 8 - 1
+
+
+def test_unknown_model_is_named():
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        create_model("nope", num_classes=3)
+
+
+def test_models_command_prints_counts(capsys):
+    assert main(["models", "--classes", "19", "--channels", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18_mod" in out and "95,164" in out
+    assert main(["models", "--classes", "19", "--channels", "1"]) == 0
+    assert "11,209,228" in capsys.readouterr().out

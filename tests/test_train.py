@@ -1,0 +1,111 @@
+import json
+
+import pytest
+import torch
+
+from captcha.checkpoint import load_checkpoint, load_model
+from captcha.cli import main
+from captcha.inference import Predictor, evaluate_folder
+from captcha.train import ParameterBudgetError, TrainConfig, fit
+
+QUIET = {"log": lambda s: None}
+
+
+def test_tiny_run_really_learns(trained_run):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    # 4 symbols per character: chance is 25% per character and 6.25% per string.
+    assert min(metrics["test"]["per_char_accuracy"]) > 0.6
+    assert metrics["test"]["sequence_accuracy"] > 0.4
+
+
+def test_run_directory_holds_the_artifacts(trained_run):
+    for name in ("best.pt", "last.pt", "metrics.csv", "metrics.json", "learning_curves.png"):
+        assert (trained_run / name).exists(), name
+    header = (trained_run / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,phase,samples,loss,sequence_accuracy,char1_accuracy")
+
+
+def test_checkpoint_is_self_describing(trained_run):
+    meta = load_checkpoint(trained_run)["meta"]
+    for key in ("model", "alphabet", "length", "input_size", "channels", "preprocess", "normalization", "config", "metrics", "versions", "task", "head"):
+        assert key in meta, key
+    assert meta["alphabet"] == "27bx" and meta["length"] == 2 and meta["channels"] == 1
+    model, _ = load_model(trained_run)  # rebuilt from the meta alone
+    assert model(torch.zeros(1, 1, 50, 130)).shape == (1, 2, 4)
+
+
+def test_evaluate_and_predict_agree(trained_run, easy_data):
+    report = evaluate_folder(trained_run, easy_data)
+    assert report["samples"] == 100
+    paths = sorted((easy_data / "test").glob("*.png"))
+    predictions = Predictor.from_run(trained_run, "cpu").predict_paths(paths)
+    right = sum(p.text == path.name.split("_")[0] for p, path in zip(predictions, paths))
+    assert right / len(paths) == pytest.approx(report["sequence_accuracy"])
+    for p in predictions:
+        assert len(p.char_confidences) == 2 and 0 < p.confidence <= 1
+
+
+def test_cli_evaluate_and_predict_json(trained_run, easy_data, capsys):
+    assert main(["evaluate", str(trained_run), "--data", str(easy_data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"samples", "per_char_accuracy", "sequence_accuracy"} <= report.keys()
+    image = next((easy_data / "test").glob("*.png"))
+    assert main(["predict", str(trained_run), str(image), "--json"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert set(line) == {"path", "text", "confidence", "char_confidences"}
+
+
+def test_predict_names_a_broken_image(trained_run, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nonsense")
+    assert main(["predict", str(trained_run), str(bad)]) == 1
+    assert "bad.png" in capsys.readouterr().err
+
+
+def test_interrupted_run_resumes_to_the_same_result(easy_data, tmp_path):
+    base = dict(data=str(easy_data), epochs=3, cache_dir=str(tmp_path / "cache"), batch_size=128)
+    fit(TrainConfig(out=str(tmp_path / "whole"), **base), **QUIET)
+
+    def interrupt(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(TrainConfig(out=str(tmp_path / "cut"), **base), on_epoch_end=interrupt, **QUIET)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
+    fit(TrainConfig(out=str(tmp_path / "cut"), resume=True, **base), **QUIET)
+
+    whole = load_checkpoint(tmp_path / "whole" / "last.pt")
+    cut = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert cut["epoch"] == 3 and len(cut["history"]) == len(whole["history"])
+    for key, value in whole["model_state"].items():
+        assert torch.allclose(value.float(), cut["model_state"][key].float(), atol=1e-5), key
+
+
+def test_parameter_budget_is_enforced_before_training(easy_data, tmp_path, capsys):
+    with pytest.raises(ParameterBudgetError, match="over the budget"):
+        fit(TrainConfig(data=str(easy_data), out=str(tmp_path / "r"), max_params=50_000, cache_dir=str(tmp_path / "c")), **QUIET)
+    assert not (tmp_path / "r" / "last.pt").exists()
+    code = main(["train", "--data", str(easy_data), "--out", str(tmp_path / "r2"), "--model", "resnet18", "--max-params", "1000000", "--cache-dir", str(tmp_path / "c")])
+    assert code == 2 and "over the budget" in capsys.readouterr().err
+
+
+def test_cli_train_end_to_end(easy_data, tmp_path, capsys):
+    code = main(["train", "--data", str(easy_data), "--out", str(tmp_path / "run"), "--epochs", "1", "--cache-dir", str(tmp_path / "c"), "--batch-size", "128"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Epoch [1/1], phase: train, samples: 600, Loss:" in out
+    assert "Top-1 Accuracies: [" in out and "Sequence:" in out and "Elapsed:" in out
+    assert "Run saved in" in out and (tmp_path / "run" / "best.pt").exists()
+
+
+def test_ctc_head_trains_on_variable_length_labels(tmp_path):
+    from captcha.generate import GeneratorConfig, generate_dataset
+
+    generate_dataset(tmp_path / "d", GeneratorConfig(alphabet="27bx", length=(2, 4), splits={"train": 80, "val": 20, "test": 20}))
+    result = fit(TrainConfig(data=str(tmp_path / "d"), out=str(tmp_path / "r"), head="ctc", epochs=1, cache_dir=str(tmp_path / "c")), **QUIET)
+    assert result.test["samples"] == 20
+    meta = load_checkpoint(tmp_path / "r")["meta"]
+    assert meta["length"] is None and meta["head"] == "ctc"
+    predictions = Predictor.from_run(tmp_path / "r", "cpu").predict_paths(sorted((tmp_path / "d" / "test").glob("*.png"))[:3])
+    assert all(isinstance(p.text, str) for p in predictions)
