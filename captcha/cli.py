@@ -16,7 +16,7 @@ from pathlib import Path
 from captcha import __version__
 
 # Modules that add verbs: each has register(subparsers) and sets func on its parsers.
-_EXTENSIONS: tuple[str, ...] = ()
+_EXTENSIONS: tuple[str, ...] = ("captcha.export", "serving.cli", "captcha.classify.cli")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -202,6 +202,7 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
     p.add_argument("--skip-bad", action="store_true", default=None, help="leave bad files out with a warning instead of stopping")
     p.add_argument("--cache-dir", help="where preprocessed datasets are cached (default ~/.cache/captchakit)")
     p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory layout (default on)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=list_models("recognition"), choices=list_models("recognition"))
     p.add_argument("--preprocessors", nargs="+", default=["original", "denoise", "denoise2"], choices=list_preprocessors())
     p.add_argument("--out", default="runs/sweep")
-    p.set_defaults(func=_cmd_sweep, max_params=10**12)
+    # The report's grid: pooled per-character heads (the dense-layer models support no other).
+    p.set_defaults(func=_cmd_sweep, max_params=10**12, head="fixed")
 
     for module in _EXTENSIONS:
         importlib.import_module(module).register(sub)

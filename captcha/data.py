@@ -203,7 +203,7 @@ def load_images(
     images = np.stack(kept_images) if kept_images else np.zeros((0, prep.channels, h, w), np.uint8)
     if cache_file is not None and not problems:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")  # one per process: ranks may race
         np.savez(tmp, images=images)
         os.replace(tmp, cache_file)
     return EncodedImages(images, kept_samples, problems)

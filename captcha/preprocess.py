@@ -107,62 +107,60 @@ def _remove_specks(mask: np.ndarray) -> np.ndarray:
     """Drop connected components too small to be part of a character (noise dots)."""
     h, w = mask.shape
     min_area = max(4, int(round(0.0025 * h * w)))
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    keep = np.zeros(count, dtype=bool)
-    for i in range(1, count):
-        area = stats[i, cv2.CC_STAT_AREA]
-        extent = max(stats[i, cv2.CC_STAT_WIDTH], stats[i, cv2.CC_STAT_HEIGHT])
-        keep[i] = area >= min_area and extent >= 0.12 * h
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    extent = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+    keep = (stats[:, cv2.CC_STAT_AREA] >= min_area) & (extent >= 0.12 * h)
+    keep[0] = False  # the background
     return keep[labels]
 
 
-def _column_runs(column: np.ndarray) -> list[tuple[int, int]]:
-    """[(start, end_exclusive)] of True runs in a 1-D boolean array."""
-    padded = np.concatenate([[False], column, [False]])
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    return list(zip(edges[::2], edges[1::2]))
+def _vertical_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every vertical run of True pixels as (column, start row, length), column by column."""
+    padded = np.zeros((mask.shape[0] + 2, mask.shape[1]), dtype=np.int8)
+    padded[1:-1] = mask
+    change = np.diff(padded, axis=0).T  # W x (H + 1): +1 where a run starts, -1 past its end
+    columns, starts = np.nonzero(change == 1)
+    _, ends = np.nonzero(change == -1)
+    return columns, starts, ends - starts
 
 
-def _fit_curve(mask: np.ndarray, max_thickness: int) -> np.ndarray | None:
+def _fit_curve(runs: tuple[np.ndarray, np.ndarray, np.ndarray], h: int, w: int, max_thickness: int) -> np.ndarray | None:
     """Fit y(x) to the thin horizontal stroke running across the image, or None if none.
 
     Thin runs (at most `max_thickness` pixels tall) in a column are candidate points of the noise
     curve; a cubic is fitted to them and refined by discarding outliers, like the course
     report's regression line, but robust to the letters it crosses.
     """
-    h, w = mask.shape
-    xs, ys = [], []
-    for x in range(w):
-        for start, end in _column_runs(mask[:, x]):
-            if end - start <= max_thickness:
-                xs.append(x)
-                ys.append((start + end - 1) / 2.0)
-    if len(set(xs)) < 0.35 * w:
+    columns, starts, lengths = runs
+    thin = lengths <= max_thickness
+    xs = columns[thin].astype(np.float64)
+    ys = starts[thin] + (lengths[thin] - 1) / 2.0
+    if len(np.unique(xs)) < 0.35 * w:
         return None
-    xs_a, ys_a = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
-    inliers = np.ones(len(xs_a), dtype=bool)
+    inliers = np.ones(len(xs), dtype=bool)
     coeffs = None
     for tolerance in (h * 0.25, h * 0.12, 2.5):
         if inliers.sum() < 8:
             return None
-        coeffs = np.polyfit(xs_a[inliers], ys_a[inliers], 3)
-        inliers = np.abs(np.polyval(coeffs, xs_a) - ys_a) <= tolerance
+        coeffs = np.polyfit(xs[inliers], ys[inliers], 3)
+        inliers = np.abs(np.polyval(coeffs, xs) - ys) <= tolerance
     # A real curve spans most of the width; scattered thin strokes of letters do not.
-    if len(np.unique(xs_a[inliers])) < 0.35 * w:
+    if len(np.unique(xs[inliers])) < 0.35 * w:
         return None
     return np.polyval(coeffs, np.arange(w))
 
 
-def _erase_curve(mask: np.ndarray, curve_y: np.ndarray, max_thickness: int) -> np.ndarray:
+def _erase_curve(mask: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray], curve_y: np.ndarray, max_thickness: int) -> np.ndarray:
     """Erase the thin runs lying on the fitted curve; thicker runs (letters it crosses) stay."""
+    columns, starts, lengths = runs
+    centres = starts + (lengths - 1) / 2.0
+    hit = (lengths <= max_thickness + 1) & (np.abs(centres - curve_y[columns]) <= 0.6 * max_thickness + 0.5)
+    if not hit.any():
+        return mask
+    cols, begin, size = columns[hit], starts[hit], lengths[hit]
+    offsets = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)
     out = mask.copy()
-    h, w = mask.shape
-    for x in range(w):
-        cy = curve_y[x]
-        for start, end in _column_runs(mask[:, x]):
-            centre = (start + end - 1) / 2.0
-            if end - start <= max_thickness + 1 and abs(centre - cy) <= 0.6 * max_thickness + 0.5:
-                out[start:end, x] = False
+    out[np.repeat(begin, size) + offsets, np.repeat(cols, size)] = False
     return out
 
 
@@ -172,9 +170,10 @@ def _clean(image: np.ndarray, size: tuple[int, int], remove_curve: bool) -> np.n
     mask = _ink_mask(strength)
     if remove_curve:
         thickness = max(2, int(round(size[0] * 0.07)))
-        curve = _fit_curve(mask, thickness)
+        runs = _vertical_runs(mask)
+        curve = _fit_curve(runs, *mask.shape, thickness)
         if curve is not None:
-            mask = _erase_curve(mask, curve, thickness)
+            mask = _erase_curve(mask, runs, curve, thickness)
     mask = _remove_specks(mask)
     return np.where(mask, np.maximum(strength, 128), 0).astype(np.uint8)
 

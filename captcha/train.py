@@ -47,7 +47,7 @@ class TrainConfig:
     out: str = "runs/latest"  # run directory: best.pt, last.pt, metrics.csv, learning_curves.png
     model: str = "resnet18_mod"
     preprocess: str = "denoise"
-    head: str = "fixed"  # fixed (one softmax per character) | attention | ctc (variable length)
+    head: str = "attention"  # attention (position-aware) | fixed (pooled, as in the course) | ctc (variable length)
     epochs: int = 25
     batch_size: int = 64
     lr: float = 3e-3  # peak learning rate
@@ -68,6 +68,8 @@ class TrainConfig:
     init: str | None = None  # checkpoint to start from (fine-tuning); matching tensors are copied
     eval_batch_size: int = 512
     resume: bool = False  # continue from out/last.pt if it exists
+    channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and GPU
+    amp: bool = True  # bf16 autocast when training on CUDA (ignored on CPU)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -149,8 +151,11 @@ def train_one_epoch(
         idx = order[start : start + config.batch_size]
         x = normalize_batch(images[idx.to(images.device)].to(device, non_blocking=True))
         x = augment_batch(x, config.augment, generator)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = targets[idx].to(device, non_blocking=True)
-        logits = model(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+            logits = model(x)
         loss = loss_fn(logits, y, config.head, config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -347,6 +352,8 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
         if dist.is_main():
             log(f"Initialised {copied} tensors from {config.init}")
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     width = data.length or max(len(t) for t in train.labels)
     tensors = {}
     for name, ds in (("train", train), ("val", val), ("test", test)):

@@ -114,8 +114,18 @@ def _split_pool(n: int, ratios: tuple[float, float], seed: int) -> tuple[np.ndar
     return order[:n_train], order[n_train : n_train + n_val]
 
 
-def load_mnist(root: str | Path, size: tuple[int, int], channels: int = 1, split: tuple[float, float] = (0.8, 0.2), seed: int = 0) -> ClassData:
-    """MNIST from IDX files: the training file split by `split`, the test file as `test`."""
+def load_mnist(
+    root: str | Path,
+    size: tuple[int, int],
+    channels: int = 1,
+    split: tuple[float, float] = (0.8, 0.2),
+    seed: int = 0,
+    train_size: tuple[int, int] | None = None,
+) -> ClassData:
+    """MNIST from IDX files: the training file split by `split`, the test file as `test`.
+
+    `--split 0.8 0.1` gives the course's 48000 / 6000 / 10000.
+    """
     folder = find_mnist(root)
     if folder is None:
         raise FileNotFoundError(f"{root}: no MNIST IDX files (train-images-idx3-ubyte[.gz]) here")
@@ -124,12 +134,15 @@ def load_mnist(root: str | Path, size: tuple[int, int], channels: int = 1, split
         images, labels = _read_idx(folder, img_file), _read_idx(folder, lbl_file)
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise DataError([(str(folder / img_file), f"{tuple(images.shape)} images for {tuple(labels.shape)} labels")], "bad MNIST data")
-        arrays[name] = (_resize_stack(images.numpy().astype(np.uint8), size, channels), labels.long())
+        arrays[name] = (images.numpy().astype(np.uint8), labels.long())
     train_idx, val_idx = _split_pool(len(arrays["train"][1]), split, seed)
     images, labels = arrays["train"]
+    train_images = _resize_stack(images[train_idx], train_size or size, channels)
+    images = _resize_stack(images[val_idx], size, channels)
+    arrays["test"] = (_resize_stack(arrays["test"][0], size, channels), arrays["test"][1])
     splits = {
-        "train": Split(torch.from_numpy(images[train_idx]), labels[train_idx]),
-        "val": Split(torch.from_numpy(images[val_idx]), labels[val_idx]),
+        "train": Split(torch.from_numpy(train_images), labels[train_idx]),
+        "val": Split(torch.from_numpy(images), labels[val_idx]),
         "test": Split(torch.from_numpy(arrays["test"][0]), arrays["test"][1]),
     }
     return ClassData([str(i) for i in range(10)], splits, "mnist")
@@ -164,12 +177,13 @@ def load_image_folder(
     split: tuple[float, float] = (0.8, 0.2),
     seed: int = 0,
     cache_dir: str | Path | None | bool = None,
+    train_size: tuple[int, int] | None = None,
 ) -> ClassData:
     """An ImageFolder tree (`root/<class>/*.png` or `root/{train,val,test}/<class>/...`).
 
     Class names are the sorted subfolder names (of `train/` when split); a missing `val/`
     is carved out of `train/` by `split`, a missing `test/` stays empty (the val split is then
-    the held-out set).
+    the held-out set). `train_size` (default `size`) keeps training images larger for crops.
     """
     root = Path(root)
     if not root.is_dir():
@@ -196,7 +210,8 @@ def load_image_folder(
     if not per_split["train"]:
         raise FileNotFoundError(f"{root}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
     problems: list[tuple[str, str]] = []
-    splits = {s: _encode(per_split[s], class_names, size, channels, cache_dir, problems) for s in SPLITS}
+    sizes = {"train": train_size or size, "val": size, "test": size}
+    splits = {s: _encode(per_split[s], class_names, sizes[s], channels, cache_dir, problems) for s in SPLITS}
     if problems:
         raise DataError(sorted(problems), f"unreadable images in {root}")
     return ClassData(class_names, splits, "imagefolder")
@@ -209,11 +224,12 @@ def load_data(
     split: tuple[float, float] = (0.8, 0.2),
     seed: int = 0,
     cache_dir: str | Path | None | bool = None,
+    train_size: tuple[int, int] | None = None,
 ) -> ClassData:
     """MNIST IDX files when `root` holds them, else an ImageFolder tree."""
     if Path(root).is_dir() and find_mnist(root) is not None:
-        return load_mnist(root, size, channels, split, seed)
-    return load_image_folder(root, size, channels, split, seed, cache_dir)
+        return load_mnist(root, size, channels, split, seed, train_size)
+    return load_image_folder(root, size, channels, split, seed, cache_dir, train_size)
 
 
 def eval_split(data: ClassData) -> str:

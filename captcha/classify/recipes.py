@@ -18,7 +18,7 @@ the whole run (model, top, input size, batch, augmentation, label smoothing, see
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 AUGMENTATIONS = ("none", "tricks", "finetune")
@@ -156,7 +156,7 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
 
 def describe(recipe: Recipe) -> str:
     """One line per stage, for the start of a training log."""
-    lines = [f"recipe {recipe.name}: model {recipe.model}" + (f" ({recipe.top} top)" if recipe.top else "")
+    lines = [f"recipe {recipe.name}: model {recipe.model}" + (f" ({recipe.top} top)" if recipe.top and recipe.model.startswith("resnet") else "")
              + f", input {recipe.input_size[0]}x{recipe.input_size[1]}, batch {recipe.batch_size}, augment {recipe.augment}"
              + (f", label smoothing {recipe.label_smoothing}" if recipe.label_smoothing else "")]
     for s in recipe.stages:

@@ -1,0 +1,37 @@
+# GPU serving image for captchakit: `captcha serve` on ONNX Runtime (CUDA, falls back to CPU).
+#   docker build -t captchakit-serve .
+#   docker run --gpus all -p 50051:50051 -p 9090:9090 -v $PWD/models:/models:ro \
+#       -e CAPTCHA_TOKEN=change-me captchakit-serve /models/captcha.onnx --metrics-port 9090
+FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv libglib2.0-0 \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/venv
+
+WORKDIR /src
+# CPU-only torch keeps the image small: the server runs ONNX Runtime, torch is only imported by
+# the training/export verbs that the package also ships.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch torchvision
+COPY pyproject.toml README.md ./
+COPY captcha ./captcha
+COPY serving ./serving
+COPY protos ./protos
+RUN pip install . onnxruntime-gpu && rm -rf /src
+
+RUN useradd --create-home --uid 10001 captcha
+USER captcha
+WORKDIR /home/captcha
+
+EXPOSE 50051 9090
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "serving.health_probe", "--address", "127.0.0.1:50051"]
+ENTRYPOINT ["captcha", "serve", "--host", "0.0.0.0", "--port", "50051"]
+CMD ["/models/model.onnx"]

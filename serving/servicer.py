@@ -1,0 +1,248 @@
+"""gRPC servicers: captcha.v1.Recognizer and the KServe v2 `inference.GRPCInferenceService`.
+
+Each method is wrapped so that it records request count, status code and latency, and turns an
+`RpcAbort` into the gRPC status. Batch and stream calls report a bad image in that item's
+`error` field and carry on with the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+import numpy as np
+
+import captcha
+from serving._proto.captcha.v1 import recognizer_pb2 as pb
+from serving._proto.captcha.v1 import recognizer_pb2_grpc as pb_grpc
+from serving._proto.inference import grpc_service_pb2 as kpb
+from serving._proto.inference import grpc_service_pb2_grpc as kpb_grpc
+from serving.engine import Engine, Entry, RpcAbort
+
+_STREAM_WINDOW = 64  # images one stream may have in flight before reading more requests
+
+
+def _observe(engine: Engine, method: str, code: grpc.StatusCode, started: float) -> None:
+    engine.metrics.inc("captcha_requests_total", method=method, code=code.name)
+    engine.metrics.observe("captcha_request_latency_seconds", time.perf_counter() - started, method=method)
+
+
+def _unary(method: str) -> Callable:
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def handler(self, request, context):
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                return fn(self, request, context)
+            except RpcAbort as exc:
+                code = exc.code
+                context.abort(exc.code, exc.message)
+            finally:
+                _observe(self.engine, method, code, started)
+
+        return handler
+
+    return wrap
+
+
+def _streaming(method: str) -> Callable:
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def handler(self, request, context):
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                yield from fn(self, request, context)
+            except RpcAbort as exc:
+                code = exc.code
+                context.abort(exc.code, exc.message)
+            finally:
+                _observe(self.engine, method, code, started)
+
+        return handler
+
+    return wrap
+
+
+def _response(entry: Entry, prediction, request_id: str = "") -> pb.RecognizeResponse:
+    return pb.RecognizeResponse(
+        text=prediction.text, confidence=prediction.confidence, char_confidences=prediction.char_confidences,
+        model=entry.model.name, model_version=entry.model.version, id=request_id,
+    )
+
+
+def _error_response(entry: Entry | None, exc: RpcAbort, request_id: str = "") -> pb.RecognizeResponse:
+    return pb.RecognizeResponse(
+        model=entry.model.name if entry else "", model_version=entry.model.version if entry else "", id=request_id,
+        error=pb.ItemError(code=exc.code.value[0], message=exc.message),
+    )
+
+
+class RecognizerServicer(pb_grpc.RecognizerServicer):
+    """captcha.v1.Recognizer."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def _one(self, entry: Entry, staged, context, request_id: str = "") -> pb.RecognizeResponse:
+        try:
+            return _response(entry, self.engine.predict(entry, staged, context), request_id)
+        except RpcAbort as exc:
+            if exc.code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            return _error_response(entry, exc, request_id)
+
+    @_unary("Recognize")
+    def Recognize(self, request, context):  # noqa: N802 - gRPC method names
+        entry = self.engine.get(request.model)
+        staged = self.engine.submit(entry, request.image, "request", context, inline=True)
+        return _response(entry, self.engine.predict(entry, staged, context), request.id)
+
+    @_unary("RecognizeBatch")
+    def RecognizeBatch(self, request, context):  # noqa: N802
+        entry = self.engine.get(request.model)
+        staged = [self.engine.submit(entry, data, f"images[{i}]", context) for i, data in enumerate(request.images)]
+        return pb.RecognizeBatchResponse(results=[self._one(entry, s, context) for s in staged])
+
+    @_streaming("RecognizeStream")
+    def RecognizeStream(self, request_iterator, context):  # noqa: N802
+        pending: queue.Queue = queue.Queue(maxsize=_STREAM_WINDOW)
+        reader = threading.Thread(target=self._read_stream, args=(request_iterator, context, pending), daemon=True)
+        reader.start()
+        while True:
+            item = pending.get()
+            if item is None:
+                return
+            request_id, entry, staged = item
+            if isinstance(staged, RpcAbort):
+                yield _error_response(entry, staged, request_id)
+            else:
+                yield self._one(entry, staged, context, request_id)
+
+    def _read_stream(self, request_iterator, context, pending: queue.Queue) -> None:
+        """Consume requests and start their work, so images overlap while responses go out in order."""
+        try:
+            for request in request_iterator:
+                try:
+                    entry = self.engine.get(request.model)
+                except RpcAbort as exc:
+                    pending.put((request.id, None, exc))
+                    continue
+                pending.put((request.id, entry, self.engine.submit(entry, request.image, f"stream item {request.id or ''}".strip(), context)))
+        except Exception:  # noqa: BLE001 - the client went away; the response loop ends below
+            pass
+        finally:
+            pending.put(None)
+
+    @_unary("Classify")
+    def Classify(self, request, context):  # noqa: N802
+        entry = self.engine.get(request.model)
+        if entry.model.spec.task != "classification":
+            raise RpcAbort(grpc.StatusCode.FAILED_PRECONDITION, f"model {entry.model.name!r} is a {entry.model.spec.task} model; use Recognize")
+        staged = self.engine.submit(entry, request.image, "request", context, inline=True)
+        row = self.engine.logits(staged, context)
+        labels = entry.model.top_k(row[None], request.top_k or 5)[0]
+        return pb.ClassifyResponse(
+            labels=[pb.Label(name=n, probability=p) for n, p in labels], model=entry.model.name, model_version=entry.model.version
+        )
+
+    def _info(self, entry: Entry) -> pb.ModelInfo:
+        spec = entry.model.spec
+        return pb.ModelInfo(
+            name=entry.model.name, version=entry.model.version, task=spec.task, head=spec.head,
+            alphabet=spec.labels if isinstance(spec.labels, str) else "",
+            class_names=[] if isinstance(spec.labels, str) else [str(c) for c in spec.labels],
+            length=spec.length or 0, input_size=list(spec.input_size), channels=spec.channels,
+            preprocess=spec.preprocess, architecture=spec.architecture, captchakit_version=spec.captchakit_version,
+            max_batch_size=entry.batcher.max_batch, provider=entry.model.provider,
+            is_default=entry.model.name == self.engine.default,
+        )
+
+    @_unary("GetModelInfo")
+    def GetModelInfo(self, request, context):  # noqa: N802
+        return self._info(self.engine.get(request.model))
+
+    @_unary("ListModels")
+    def ListModels(self, request, context):  # noqa: N802
+        self.engine.get("")
+        return pb.ListModelsResponse(models=[self._info(e) for e in self.engine.entries.values()])
+
+
+def _bytes_elements(tensor, raw: bytes | None) -> list[bytes]:
+    """A BYTES tensor's elements: from `contents.bytes_contents`, or raw 4-byte-length-prefixed."""
+    if raw is None:
+        return list(tensor.contents.bytes_contents)
+    out, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "malformed BYTES raw_input_contents")
+        (n,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + n > len(raw):
+            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "malformed BYTES raw_input_contents")
+        out.append(raw[offset : offset + n])
+        offset += n
+    return out
+
+
+def _serialize_bytes(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(x)) + x for x in items)
+
+
+class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
+    """KServe v2 / Open Inference Protocol: BYTES "image" in, BYTES "text" + FP32 "confidence" out."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def ServerLive(self, request, context):  # noqa: N802
+        return kpb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):  # noqa: N802
+        return kpb.ServerReadyResponse(ready=self.engine.ready.is_set())
+
+    def ModelReady(self, request, context):  # noqa: N802
+        return kpb.ModelReadyResponse(ready=self.engine.ready.is_set() and request.name in self.engine.entries)
+
+    def ServerMetadata(self, request, context):  # noqa: N802
+        return kpb.ServerMetadataResponse(name="captchakit", version=captcha.__version__, extensions=[])
+
+    @_unary("ModelMetadata")
+    def ModelMetadata(self, request, context):  # noqa: N802
+        entry = self.engine.get(request.name)
+        meta = kpb.ModelMetadataResponse
+        return meta(
+            name=entry.model.name, versions=[entry.model.version], platform="captchakit_onnx",
+            inputs=[meta.TensorMetadata(name="image", datatype="BYTES", shape=[-1])],
+            outputs=[meta.TensorMetadata(name="text", datatype="BYTES", shape=[-1]), meta.TensorMetadata(name="confidence", datatype="FP32", shape=[-1])],
+        )
+
+    @_unary("ModelInfer")
+    def ModelInfer(self, request, context):  # noqa: N802
+        entry = self.engine.get(request.model_name)
+        if len(request.inputs) != 1 or request.inputs[0].datatype != "BYTES":
+            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "expected one BYTES input of encoded images")
+        raw = request.raw_input_contents[0] if request.raw_input_contents else None
+        images = _bytes_elements(request.inputs[0], raw)
+        if not images:
+            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "no images in the input tensor")
+        staged = [self.engine.submit(entry, data, f"image[{i}]", context) for i, data in enumerate(images)]
+        predictions = [self.engine.predict(entry, s, context) for s in staged]
+        outputs = {
+            "text": ("BYTES", _serialize_bytes([p.text.encode() for p in predictions])),
+            "confidence": ("FP32", np.asarray([p.confidence for p in predictions], "<f4").tobytes()),
+        }
+        wanted = [o.name for o in request.outputs] or list(outputs)
+        unknown = [n for n in wanted if n not in outputs]
+        if unknown:
+            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output(s) {unknown}; this model has {list(outputs)}")
+        tensor = kpb.ModelInferResponse.InferOutputTensor
+        return kpb.ModelInferResponse(
+            model_name=entry.model.name, model_version=entry.model.version, id=request.id,
+            outputs=[tensor(name=n, datatype=outputs[n][0], shape=[len(images)]) for n in wanted],
+            raw_output_contents=[outputs[n][1] for n in wanted],
+        )

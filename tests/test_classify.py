@@ -1,0 +1,288 @@
+"""The image-classification track: data readers, metrics vs scikit-learn, every recipe end to end,
+ImageNet weight loading, freezing, the SVM path, the CLI and the checkpoint contract.
+
+Tiny real runs (32x32 images, one epoch per stage) on generated shapes, CPU only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import captcha.classify  # noqa: F401  (registers the classifiers)
+from captcha.checkpoint import load_model
+from captcha.classify import cli as classify_cli
+from captcha.classify.data import load_data, load_image_folder, load_mnist
+from captcha.classify.metrics import classification_metrics, format_report
+from captcha.classify.models import load_pretrained
+from captcha.classify.recipes import build_recipe
+from captcha.classify.svm import svm_compare
+from captcha.classify.train import evaluate_run, predict, train_classifier
+from captcha.data import DataError
+from captcha.models import create_model, list_models
+
+CLASSES = ("circle", "cross", "ring", "square", "triangle")
+QUIET = {"log": lambda _line: None, "cache_dir": False}
+
+
+def _draw(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    img = np.full((size, size, 3), rng.integers(170, 255, 3), np.uint8)
+    color = tuple(int(v) for v in rng.integers(0, 110, 3))
+    cx, cy = (int(v) for v in rng.integers(int(size * 0.4), int(size * 0.6), 2))
+    r = int(rng.integers(int(size * 0.2), int(size * 0.3)))
+    if kind == "circle":
+        cv2.circle(img, (cx, cy), r, color, -1)
+    elif kind == "ring":
+        cv2.circle(img, (cx, cy), r, color, 2)
+    elif kind == "square":
+        cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), color, -1)
+    elif kind == "triangle":
+        cv2.fillPoly(img, [np.array([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], np.int32)], color)
+    else:
+        cv2.line(img, (cx - r, cy - r), (cx + r, cy + r), color, 3)
+        cv2.line(img, (cx - r, cy + r), (cx + r, cy - r), color, 3)
+    return img
+
+
+def _shapes(root: Path, per_class: int, seed: int = 0, size: int = 36, splits: bool = False) -> Path:
+    rng = np.random.default_rng(seed)
+    for kind in CLASSES:
+        for i in range(per_class):
+            split = ("train", "train", "val", "test")[i % 4] if splits else ""
+            folder = root / split / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            ext = ".jpg" if i % 3 == 0 else ".png"  # mixed formats go through captcha.imageio
+            cv2.imwrite(str(folder / f"{i:03d}{ext}"), _draw(kind, rng, size))
+    return root
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return _shapes(tmp_path_factory.mktemp("shapes"), per_class=12)
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory) -> Path:
+    """A torchvision ResNet18 state dict saved like a downloaded ImageNet file (random values)."""
+    torch.manual_seed(123)
+    path = tmp_path_factory.mktemp("weights") / "resnet18-f37072fd.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory, shapes) -> Path:
+    out = tmp_path_factory.mktemp("cnn_run")
+    recipe = build_recipe("default", model="cnn", epochs=[3], input_size=(32, 32), lr=[3e-3], batch_size=16)
+    train_classifier(shapes, out, recipe, device="cpu", **QUIET)
+    return out
+
+
+def _write_idx(path: Path, array: np.ndarray, packed: bool) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if packed:
+        with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def test_classifiers_are_registered_and_return_one_head():
+    assert {"mlp", "cnn", "resnet18_cls", "resnet50"} <= set(list_models("classification"))
+    for name, channels, side in (("mlp", 1, 28), ("cnn", 1, 28), ("resnet18_cls", 3, 32)):
+        model = create_model(name, num_classes=7, in_channels=channels)
+        assert model(torch.rand(2, channels, side, side)).shape == (2, 1, 7)
+    keras = create_model("resnet18_cls", num_classes=7, top="keras")
+    assert keras(torch.rand(2, 3, 32, 32)).shape == (2, 1, 7)
+    assert create_model("mlp", num_classes=3, activation="softmax")(torch.rand(4, 1, 28, 28)).shape == (4, 1, 3)
+
+
+def test_metrics_match_scikit_learn():
+    from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+
+    rng = np.random.default_rng(7)
+    names = ["a", "b", "c", "d", "e"]
+    targets = rng.integers(0, 5, 200)
+    logits = rng.normal(size=(200, 5)) + 2.0 * np.eye(5)[targets] * (rng.random(200) < 0.6)[:, None]
+    logits[:, 4] -= 10  # class "e" is never predicted: zero precision, as sklearn's zero_division=0
+    ours = classification_metrics(logits[:, None, :], targets, names)
+    predictions = logits.argmax(1)
+    p, r, f, s = precision_recall_fscore_support(targets, predictions, labels=range(5), zero_division=0)
+    for i, n in enumerate(names):
+        assert ours["per_class"][n]["precision"] == pytest.approx(p[i])
+        assert ours["per_class"][n]["recall"] == pytest.approx(r[i])
+        assert ours["per_class"][n]["f1"] == pytest.approx(f[i])
+        assert ours["per_class"][n]["support"] == s[i]
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(targets, predictions, average=avg, zero_division=0)
+        assert (ours[f"precision_{avg}"], ours[f"recall_{avg}"], ours[f"f1_{avg}"]) == pytest.approx((p, r, f))
+    assert ours["top1"] == pytest.approx((predictions == targets).mean())
+    assert ours["top3"] == pytest.approx(top_k_accuracy_score(targets, logits, k=3, labels=range(5)))
+    assert np.array_equal(ours["confusion_matrix"], confusion_matrix(targets, predictions, labels=range(5)))
+    theirs = classification_report(targets, predictions, labels=range(5), target_names=names, zero_division=0)
+    ours_rows = [line.split() for line in format_report(ours).splitlines() if line.strip()]
+    for line in theirs.splitlines():
+        if line.strip():
+            assert line.split() in ours_rows
+
+
+def test_mnist_idx_files_are_read_and_split(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 16).clip(0, 255).astype(np.uint8)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", images[:1000], packed=True)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", digits.target[:1000], packed=True)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", images[1000:1200], packed=False)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", digits.target[1000:1200], packed=False)
+    data = load_mnist(tmp_path, (16, 16), channels=1, split=(0.8, 0.1))
+    assert data.sizes() == {"train": 800, "val": 100, "test": 200}
+    assert data.splits["train"].images.shape[1:] == (1, 16, 16)
+    assert data.class_names == [str(i) for i in range(10)]
+    assert torch.equal(data.splits["test"].targets, torch.as_tensor(digits.target[1000:1200]))
+    assert load_data(tmp_path, (8, 8), 3).splits["val"].images.shape[1:] == (3, 8, 8)  # detected as MNIST
+
+
+def test_image_folder_splits_and_unreadable_files(tmp_path, shapes):
+    split_tree = _shapes(tmp_path / "split", per_class=8, splits=True)
+    data = load_image_folder(split_tree, (16, 16), channels=3, cache_dir=False)
+    assert data.class_names == list(CLASSES) and data.sizes() == {"train": 20, "val": 10, "test": 10}
+    seeded = load_image_folder(shapes, (16, 16), channels=1, cache_dir=False)
+    assert seeded.sizes() == {"train": 48, "val": 12, "test": 0}
+    assert seeded.splits["train"].images.shape[1:] == (1, 16, 16)
+    (split_tree / "train" / "ring" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (split_tree / "test" / "cross" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        load_image_folder(split_tree, (16, 16), cache_dir=False)
+    assert {Path(p).name for p, _ in err.value.problems} == {"broken.png", "empty.jpg"}
+
+
+@pytest.mark.parametrize(
+    "recipe,overrides",
+    [
+        ("default", {"model": "mlp", "activation": "sigmoid", "lr": [1e-3]}),
+        ("two-phase", {"model": "resnet18_cls", "epochs": [1, 1]}),
+        ("tricks", {"model": "resnet18_cls", "batch_size": 16, "warmup_epochs": 1, "epochs": [2]}),
+        ("finetune", {"epochs": [1]}),
+        ("probe", {"epochs": [1]}),
+    ],
+)
+def test_each_recipe_trains_and_reloads(tmp_path, shapes, recipe, overrides):
+    overrides = {"epochs": [1], "input_size": (32, 32), **overrides}
+    r = build_recipe(recipe, **overrides)
+    result = train_classifier(shapes, tmp_path, r, device="cpu", **QUIET)
+    history = json.loads((tmp_path / "history.json").read_text())
+    stages = sum(s.epochs for s in r.stages)
+    assert len(history) == 2 * stages and {row["phase"] for row in history} == {"train", "val"}
+    assert all({"loss", "top1", "top3"} <= row.keys() for row in history)
+    assert (tmp_path / "curves.png").exists() and (tmp_path / "last.pt").exists()
+    model, meta = load_model(tmp_path)
+    assert meta["task"] == "classification" and meta["class_names"] == list(CLASSES)
+    assert meta["model"]["name"] == r.model and meta["length"] == 1 and meta["head"] == "fixed"
+    assert meta["normalization"] == {"mean": 0.0, "std": 1.0} and meta["preprocess"] == "original"
+    assert len(meta["input_normalization"]["mean"]) == 3
+    data = load_image_folder(shapes, (32, 32), cache_dir=False)
+    logits = predict(model, data.splits["val"])
+    assert logits.shape == (12, 5)
+    top1 = float((logits.argmax(1) == data.splits["val"].targets.numpy()).mean())
+    assert top1 == pytest.approx(result.metrics["val"]["top1"])
+
+
+def test_recipes_follow_the_reports_and_take_overrides():
+    tricks = build_recipe("tricks")
+    assert tricks.stages[0].lr == pytest.approx(0.1 * 64 / 256) and tricks.label_smoothing == 0.1
+    assert build_recipe("tricks", batch_size=128).stages[0].lr == pytest.approx(0.05)
+    two = build_recipe("two-phase", lr=[1e-2, 1e-5])
+    assert [s.freeze_backbone for s in two.stages] == [True, False] and two.stages[1].lr == 1e-5 and two.top == "keras"
+    assert all(s.freeze_backbone for s in build_recipe("default", freeze="backbone").stages)
+    with pytest.raises(ValueError):
+        build_recipe("two-phase", epochs=[1, 2, 3])
+
+
+def test_pretrained_weights_from_file_and_hub_dir(tmp_path, resnet18_file):
+    reference = torch.load(resnet18_file, weights_only=True)
+    model = create_model("resnet18_cls", num_classes=5)
+    skipped = load_pretrained(model, "resnet18_cls", resnet18_file)
+    assert skipped == ["fc.bias", "fc.weight"]
+    state = model.backbone.features.state_dict()
+    assert all(torch.equal(state[k], reference[k]) for k in state)
+    hub = tmp_path / "torch_home"
+    (hub / "checkpoints").mkdir(parents=True)
+    (hub / "checkpoints" / resnet18_file.name).write_bytes(resnet18_file.read_bytes())
+    other = create_model("resnet18_cls", num_classes=5, top="keras")
+    load_pretrained(other, "resnet18_cls", hub)  # torchvision's ResNet18_Weights loader, no download
+    assert torch.equal(other.backbone.features.conv1.weight, reference["conv1.weight"])
+    with pytest.raises(FileNotFoundError):
+        load_pretrained(other, "resnet50", hub)
+
+
+def test_freeze_backbone_keeps_backbone_weights(tmp_path, shapes, resnet18_file):
+    reference = torch.load(resnet18_file, weights_only=True)
+    probe = build_recipe("probe", model="resnet18_cls", epochs=[1], input_size=(32, 32), lr=[1e-2])
+    train_classifier(shapes, tmp_path / "probe", probe, weights=resnet18_file, device="cpu", **QUIET)
+    state = torch.load(tmp_path / "probe" / "last.pt", weights_only=False)["model_state"]
+    body = {k.removeprefix("backbone.features."): v for k, v in state.items() if k.startswith("backbone.features.")}
+    assert all(torch.equal(body[k], reference[k]) for k in body)  # weights and BatchNorm statistics
+    # Unfrozen, the same backbone moves: the freezing above is what kept it still.
+    two = build_recipe("two-phase", model="resnet18_cls", epochs=[1, 1], input_size=(32, 32))
+    train_classifier(shapes, tmp_path / "two", two, weights=resnet18_file, device="cpu", **QUIET)
+    state = torch.load(tmp_path / "two" / "last.pt", weights_only=False)["model_state"]
+    assert not torch.equal(state["backbone.features.conv1.weight"], reference["conv1.weight"])
+
+
+def test_svm_on_penultimate_features(shapes, cnn_run):
+    result = svm_compare(cnn_run, shapes, device="cpu", cache_dir=False)
+    assert result["features"] == 128 and result["svm_train_samples"] == 48
+    for who in ("svm", "network"):
+        assert set(result[who]) >= {"train", "val"} and all(0.0 <= result[who][s] <= 1.0 for s in ("train", "val"))
+    assert result["svm"]["fit_seconds"] >= 0
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="captcha")
+    classify_cli.register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_train_evaluate_svm_json(tmp_path, shapes, capsys):
+    run = tmp_path / "run"
+    assert _cli(["classify", "train", "--data", str(shapes), "--model", "cnn", "--input-size", "32", "32", "--epochs", "2",
+                 "--lr", "0.003", "--out", str(run), "--no-cache", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 2/2" in out and "top3" in out and (run / "best.pt").exists()
+    assert _cli(["classify", "evaluate", str(run), "--data", str(shapes), "--json", "--no-cache"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"top1", "top3", "precision_macro", "recall_macro", "f1_macro", "per_class"} <= report.keys()
+    assert sum(row["support"] for row in report["per_class"].values()) == 12 and report["split"] == "val"
+    assert Path(report["confusion_matrix_png"]).exists()
+    assert _cli(["classify", "svm", str(run), "--data", str(shapes), "--json", "--no-cache"]) == 0
+    assert "svm" in json.loads(capsys.readouterr().out)
+
+
+def test_evaluate_rejects_other_classes(tmp_path, shapes, cnn_run):
+    other = tmp_path / "other"
+    for name in ("x", "y"):
+        (other / name).mkdir(parents=True)
+        cv2.imwrite(str(other / name / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DataError):
+        evaluate_run(cnn_run, other, cache_dir=False)
+
+
+def test_sweep_writes_tables(tmp_path, shapes, capsys):
+    assert _cli(["classify", "sweep", "--data", str(shapes), "--out", str(tmp_path), "--factors", "activation", "model",
+                 "--values", "activation=relu,softmax", "--epochs", "1", "--input-size", "16", "16", "--no-cache"]) == 0
+    rows = (tmp_path / "sweep.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4  # activation: relu, softmax; model: mlp, cnn
+    assert len(list((tmp_path / "runs").iterdir())) == 3  # the baseline is trained once
+    assert "| activation | **relu** |" in (tmp_path / "sweep.md").read_text()

@@ -1,0 +1,35 @@
+"""Two gloo processes launched by torchrun train the same run as one process would."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _train(launcher, data, out, cache):
+    cmd = [*launcher, "-m", "captcha", "train", "--data", str(data), "--out", str(out), "--epochs", "2",
+           "--batch-size", "64", "--cache-dir", str(cache), "--device", "cpu"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(easy_data, tmp_path):
+    single = _train([sys.executable], easy_data, tmp_path / "single", tmp_path / "c1")
+    assert single.returncode == 0, single.stderr[-3000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    double = _train(launcher, easy_data, tmp_path / "ddp", tmp_path / "c2")
+    assert double.returncode == 0, double.stderr[-3000:]
+
+    # Rank 0 alone logs: one train line per epoch, and it counts every sample once.
+    lines = [line for line in double.stdout.splitlines() if "phase: train" in line]
+    assert len(lines) == 2 and all("samples: 600," in line for line in lines)
+    # Rank 0 alone writes: one best and one last checkpoint, nothing half-written.
+    written = sorted(p.name for p in (tmp_path / "ddp").iterdir())
+    assert written == ["best.pt", "last.pt", "learning_curves.png", "metrics.csv", "metrics.json"]
+
+    one = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert one["test"]["samples"] == two["test"]["samples"] == 100
+    assert abs(one["val"]["sequence_accuracy"] - two["val"]["sequence_accuracy"]) < 0.25

@@ -1,0 +1,81 @@
+"""ONNX export: a valid file that carries its metadata and predicts like torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from captcha.export import INPUT_NAME, OUTPUT_NAME, export_onnx, export_triton, register
+from captcha.inference import Predictor
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    from captcha.generate import GeneratorConfig, generate_dataset
+    from captcha.train import TrainConfig, fit
+
+    tmp = tmp_path_factory.mktemp("export")
+    generate_dataset(tmp / "data", GeneratorConfig(splits={"train": 200, "val": 50, "test": 50}))
+    fit(TrainConfig(data=str(tmp / "data"), out=str(tmp / "run"), epochs=2, cache_dir=str(tmp / "cache")), log=lambda s: None)
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir: Path):
+    return export_onnx(run_dir, run_dir / "model.onnx", verify_images=16, log=lambda s: None)
+
+
+def test_export_is_valid_and_verified(exported) -> None:
+    onnx.checker.check_model(onnx.load(str(exported.path)), full_check=True)
+    assert exported.agree and exported.verified_images == 16
+    assert exported.max_abs_diff < 1e-3
+
+
+def test_metadata_holds_every_serving_fact(exported, run_dir: Path) -> None:
+    props = {p.key: p.value for p in onnx.load(str(exported.path)).metadata_props}
+    meta = Predictor.from_run(run_dir, "cpu").meta
+    assert props["task"] == "recognition"
+    assert json.loads(props["alphabet"]) == meta["alphabet"]
+    assert int(props["length"]) == meta["length"]
+    assert json.loads(props["input_size"]) == list(meta["input_size"])
+    assert int(props["channels"]) == meta["channels"]
+    assert props["preprocess"] == meta["preprocess"]
+    assert json.loads(props["normalization"]) == {"mean": meta["normalization"]["mean"], "std": meta["normalization"]["std"]}
+    assert props["model_name"] == meta["model"]["name"] and props["head"] == meta.get("head", "fixed")
+    assert props["captchakit_version"]
+
+
+def test_dynamic_batch_matches_torch(exported, run_dir: Path) -> None:
+    predictor = Predictor.from_run(run_dir, "cpu")
+    session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    paths = sorted((run_dir.parent / "data" / "test").glob("*.png"))[:7]
+    images = np.stack([predictor.preprocess_bytes(p.read_bytes(), str(p)) for p in paths])
+    norm = predictor.meta["normalization"]
+    x = ((images.astype(np.float32) / 255.0 - norm["mean"]) / norm["std"]).astype(np.float32)
+    for batch in (x[:1], x):
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        want = predictor.logits(images[: len(batch)])
+        assert got.shape == want.shape
+        assert [p.text for p in predictor.decode(got)] == [p.text for p in predictor.decode(want)]
+
+
+def test_triton_layout(run_dir: Path, tmp_path: Path) -> None:
+    model_dir = export_triton(run_dir, tmp_path / "repo", "captcha", verify_images=4, log=lambda s: None)
+    assert (model_dir / "1" / "model.onnx").is_file()
+    config = (model_dir / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config and "dynamic_batching" in config and 'name: "images"' in config
+
+
+def test_cli_export(run_dir: Path, tmp_path: Path, capsys) -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["export", str(run_dir), "--out", str(tmp_path / "m.onnx"), "--verify-images", "4"])
+    assert args.func(args) == 0
+    assert (tmp_path / "m.onnx").is_file()
+    assert "max abs logit difference" in capsys.readouterr().out
