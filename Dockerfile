@@ -17,14 +17,12 @@ RUN apt-get update \
  && python3 -m venv /opt/venv
 
 WORKDIR /src
-# CPU-only torch keeps the image small: the server runs ONNX Runtime, torch is only imported by
-# the training/export verbs that the package also ships.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch torchvision
 COPY pyproject.toml README.md ./
 COPY captcha ./captcha
 COPY serving ./serving
 COPY protos ./protos
-RUN pip install . onnxruntime-gpu && rm -rf /src
+# The same install a user runs: torch, torchvision, onnxruntime-gpu, grpcio ... from PyPI.
+RUN pip install . && rm -rf /src
 
 RUN useradd --create-home --uid 10001 captcha
 USER captcha
