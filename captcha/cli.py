@@ -64,15 +64,14 @@ def _cmd_preview(args: argparse.Namespace) -> int:
         rows.append([cv2.resize(image, (size[1], size[0]))] + [get_preprocessor(n)(image, size) for n in names])
         labels.append(s.label)
     grid = image_grid(rows, labels)
-    cv2.putText(grid, "  ".join(["input"] + names), (124, grid.shape[0] - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.0001, (0, 0, 0))
-    header = image_grid([[__header_cell(n, size) for n in ["input"] + names]], [""])
+    header = image_grid([[_header_cell(n, size) for n in ["input"] + names]], [""])
     out = Path(args.out)
     cv2.imwrite(str(out), cv2.vconcat([header, grid]))
     print(f"Wrote {out}: {len(samples)} images x ({', '.join(['input'] + names)})")
     return 0
 
 
-def __header_cell(text: str, size: tuple[int, int]):
+def _header_cell(text: str, size: tuple[int, int]):
     import cv2
     import numpy as np
 

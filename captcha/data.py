@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,27 +218,3 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def prepare_split(
-    samples: list[Sample],
-    alphabet: Alphabet,
-    length: int | None,
-    preprocessor: str,
-    size: tuple[int, int],
-    skip_bad: bool = False,
-    cache_dir: str | Path | None = None,
-    name: str = "data",
-) -> Dataset:
-    """Check labels and decode images; raise one DataError listing every problem (or warn)."""
-    problems = check_labels(samples, alphabet, length)
-    bad_labels = {p for p, _ in problems}
-    good = [s for s in samples if str(s.path) not in bad_labels]
-    encoded = load_images(good, preprocessor, size, cache_dir)
-    problems += encoded.problems
-    if problems:
-        error = DataError(sorted(problems), f"bad data in the {name} split")
-        if not skip_bad:
-            raise error
-        warnings.warn(str(error).replace("Fix or remove these files, or pass --skip-bad to leave them out with a warning.", "These files are left out (--skip-bad)."), stacklevel=2)
-    return Dataset(encoded.images, [s.label for s in encoded.samples], [s.path for s in encoded.samples])

@@ -4,7 +4,6 @@ input, auth, graceful shutdown, KServe v2, metrics and up-to-date generated stub
 from __future__ import annotations
 
 import filecmp
-import json
 import struct
 import urllib.request
 import zlib
