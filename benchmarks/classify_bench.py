@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -30,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import captcha.classify  # noqa: E402,F401
 from captcha.classify.recipes import build_recipe  # noqa: E402
+from captcha.classify.shapes import write_shapes  # noqa: E402
 from captcha.classify.svm import svm_compare  # noqa: E402
 from captcha.classify.sweep import format_markdown, run_sweep  # noqa: E402
 from captcha.classify.train import evaluate_run, train_classifier  # noqa: E402
 
-SHAPES = ("circle", "cross", "ring", "square", "triangle")
 
 
 def _cpu_name() -> str:
@@ -69,34 +68,6 @@ def write_digits(root: Path, test: int = 297) -> Path:
     return root
 
 
-def write_shapes(root: Path, per_class: int, size: int = 72, seed: int = 0) -> Path:
-    """An ImageFolder tree of coloured shapes with random position, size, colour and clutter."""
-    rng = np.random.default_rng(seed)
-    for kind in SHAPES:
-        (root / kind).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img = np.full((size, size, 3), rng.integers(120, 255, 3), np.uint8)
-            for _ in range(1):  # a clutter line
-                p, q = rng.integers(0, size, 2), rng.integers(0, size, 2)
-                cv2.line(img, tuple(int(v) for v in p), tuple(int(v) for v in q), tuple(int(v) for v in rng.integers(0, 255, 3)), 1)
-            color = tuple(int(v) for v in rng.integers(0, 110, 3))
-            cx, cy = (int(v) for v in rng.integers(int(size * 0.3), int(size * 0.7), 2))
-            r = int(rng.integers(int(size * 0.12), int(size * 0.28)))
-            if kind == "circle":
-                cv2.circle(img, (cx, cy), r, color, -1)
-            elif kind == "ring":
-                cv2.circle(img, (cx, cy), r, color, 2)
-            elif kind == "square":
-                cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), color, -1)
-            elif kind == "triangle":
-                cv2.fillPoly(img, [np.array([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], np.int32)], color)
-            else:
-                cv2.line(img, (cx - r, cy - r), (cx + r, cy + r), color, 3)
-                cv2.line(img, (cx - r, cy + r), (cx + r, cy - r), color, 3)
-            cv2.imwrite(str(root / kind / f"{i:04d}.png"), img)
-    return root
-
-
 def _row(report: str, what: str, data_name: str, run: Path, data: Path, result) -> str:
     m = evaluate_run(run, data, device="cpu")
     held = m["split"]
@@ -120,7 +91,7 @@ def main() -> int:
 
     started = time.perf_counter()
     digits = write_digits(root / "digits")
-    shapes = write_shapes(root / "shapes", per_class=60)
+    shapes = write_shapes(root / "shapes", per_class=60, size=72, hard=True)
     rows: list[str] = []
     # R2: MLP vs CNN on real digits, the report's baseline setting (Adam, lr 0.05, batch 64, 10 epochs)
     for model in ("mlp", "cnn"):

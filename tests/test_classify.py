@@ -27,42 +27,17 @@ from captcha.classify.models import load_pretrained
 from captcha.classify.recipes import build_recipe
 from captcha.classify.svm import svm_compare
 from captcha.classify.train import evaluate_run, predict, train_classifier
+from captcha.classify.shapes import SHAPES, write_shapes
 from captcha.data import DataError
 from captcha.models import create_model, list_models
 
-CLASSES = ("circle", "cross", "ring", "square", "triangle")
+CLASSES = SHAPES
 QUIET = {"log": lambda _line: None, "cache_dir": False}
 
 
-def _draw(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
-    img = np.full((size, size, 3), rng.integers(170, 255, 3), np.uint8)
-    color = tuple(int(v) for v in rng.integers(0, 110, 3))
-    cx, cy = (int(v) for v in rng.integers(int(size * 0.4), int(size * 0.6), 2))
-    r = int(rng.integers(int(size * 0.2), int(size * 0.3)))
-    if kind == "circle":
-        cv2.circle(img, (cx, cy), r, color, -1)
-    elif kind == "ring":
-        cv2.circle(img, (cx, cy), r, color, 2)
-    elif kind == "square":
-        cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), color, -1)
-    elif kind == "triangle":
-        cv2.fillPoly(img, [np.array([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], np.int32)], color)
-    else:
-        cv2.line(img, (cx - r, cy - r), (cx + r, cy + r), color, 3)
-        cv2.line(img, (cx - r, cy + r), (cx + r, cy - r), color, 3)
-    return img
-
-
-def _shapes(root: Path, per_class: int, seed: int = 0, size: int = 36, splits: bool = False) -> Path:
-    rng = np.random.default_rng(seed)
-    for kind in CLASSES:
-        for i in range(per_class):
-            split = ("train", "train", "val", "test")[i % 4] if splits else ""
-            folder = root / split / kind
-            folder.mkdir(parents=True, exist_ok=True)
-            ext = ".jpg" if i % 3 == 0 else ".png"  # mixed formats go through captcha.imageio
-            cv2.imwrite(str(folder / f"{i:03d}{ext}"), _draw(kind, rng, size))
-    return root
+def _shapes(root: Path, per_class: int, splits: bool = False) -> Path:
+    # mixed formats go through captcha.imageio
+    return write_shapes(root, per_class, size=36, splits=splits, mixed_formats=True)
 
 
 @pytest.fixture(scope="module")
