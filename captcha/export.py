@@ -105,19 +105,69 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def _class_tree_files(folder: Path, count: int) -> list[Path]:
+    """Up to `count` images of an ImageFolder split (`folder/<class>/*`), taken round-robin over the
+    classes so every class is checked, not just the first one alphabetically."""
+    per_class = [
+        sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        for sub in sorted(folder.iterdir()) if sub.is_dir() and not sub.name.startswith(".")
+    ]
+    out: list[Path] = []
+    for row in range(max((len(files) for files in per_class), default=0)):
+        out += [files[row] for files in per_class if row < len(files)]
+        if len(out) >= count:
+            break
+    return out[:count]
+
+
+def _mnist_images(root: Path, count: int, workdir: Path) -> list[Path]:
+    """The first `count` MNIST test (else train) images written as PNGs, so they take the same
+    decode + preprocess path as every served image."""
+    import cv2
+
+    from captcha.classify.data import _MNIST_FILES, _read_idx, find_mnist
+
+    folder = find_mnist(root)
+    if folder is None:
+        return []
+    for split in ("test", "train"):
+        try:
+            images = _read_idx(folder, _MNIST_FILES[split][0])[:count].numpy()
+        except FileNotFoundError:
+            continue
+        workdir.mkdir(parents=True, exist_ok=True)
+        paths = [workdir / f"mnist_{split}_{i:05d}.png" for i in range(len(images))]
+        for path, image in zip(paths, images):
+            cv2.imwrite(str(path), image)
+        return paths
+    return []
+
+
 def verification_images(meta: dict[str, Any], count: int, workdir: Path) -> list[Path]:
-    """Up to `count` real images: the run's own test/val data, else freshly generated CAPTCHAs."""
+    """Up to `count` real images: the run's own test/val data, else freshly generated CAPTCHAs.
+
+    Recognition data is a flat folder of labelled files; classification data is an ImageFolder
+    tree (`split/<class>/<image>`, images then taken from every class) or MNIST IDX files
+    (written out as PNGs).
+    """
     data = (meta.get("config") or {}).get("data")
-    if data:
+    if data and Path(data).is_dir():
         root = Path(data)
         for sub in ("test", "val", "train", "."):
             folder = root / sub
             if folder.is_dir():
                 files = _image_files(folder)
+                if not files and meta["task"] == "classification":
+                    files = _class_tree_files(folder, count)
                 if files:
                     return files[:count]
+        if meta["task"] == "classification":
+            files = _mnist_images(root, count, workdir / "mnist")
+            if files:
+                return files
     if meta["task"] != "recognition":
-        raise ValueError("cannot verify the export: the run's data folder is gone and classifiers have no generator; pass --no-verify")
+        where = f"{data} holds no images" if data and Path(data).is_dir() else "the run's data folder is gone"
+        raise ValueError(f"cannot verify the export: {where} and classifiers have no generator; pass images or --no-verify")
     from captcha.generate import GeneratorConfig, generate_dataset
 
     length = meta.get("length") or 4

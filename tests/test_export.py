@@ -79,3 +79,31 @@ def test_cli_export(run_dir: Path, tmp_path: Path, capsys) -> None:
     assert args.func(args) == 0
     assert (tmp_path / "m.onnx").is_file()
     assert "max abs logit difference" in capsys.readouterr().out
+
+
+def test_classifier_verification_images_come_from_every_class(tmp_path: Path) -> None:
+    """ImageFolder trees (`split/<class>/<image>`) and MNIST IDX folders give export real images to check."""
+    import gzip
+    import struct
+
+    from captcha.classify.shapes import SHAPES, write_shapes
+    from captcha.export import verification_images
+
+    tree = write_shapes(tmp_path / "shapes", per_class=8, size=20, splits=True)
+    meta = {"task": "classification", "config": {"data": str(tree)}}
+    files = verification_images(meta, 7, tmp_path / "work")
+    assert len(files) == 7 and all(f.parent.parent.name == "test" for f in files)
+    assert {f.parent.name for f in files} == set(SHAPES)  # round-robin over the classes
+
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    images = np.random.default_rng(0).integers(0, 255, (5, 28, 28), dtype=np.uint8)
+    for name, array in (("train-images-idx3-ubyte", images), ("t10k-images-idx3-ubyte", images[:3])):
+        header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+        with gzip.open(mnist / f"{name}.gz", "wb") as f:
+            f.write(header + array.tobytes())
+    files = verification_images({"task": "classification", "config": {"data": str(mnist)}}, 8, tmp_path / "work2")
+    assert len(files) == 3 and all(f.suffix == ".png" for f in files)  # the test file's images, as PNGs
+
+    with pytest.raises(ValueError, match="no-verify"):
+        verification_images({"task": "classification", "config": {"data": str(tmp_path / "gone")}}, 4, tmp_path / "w3")
