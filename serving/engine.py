@@ -69,16 +69,17 @@ class Engine:
             raise RpcAbort(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; served: {', '.join(self.entries)}")
         return entry
 
-    def _prepare(self, entry: Entry, data: bytes, source: str, is_active) -> Future:
+    def _prepare(self, entry: Entry, data: bytes, source: str, context: grpc.ServicerContext) -> Future:
         """Decode + preprocess, then queue for the model; returns the batcher's future."""
-        if not is_active():
-            raise RpcAbort(grpc.StatusCode.CANCELLED, "the call ended before its image was decoded")
+        gone = _call_gone(context, "before its image was decoded")
+        if gone:
+            raise gone
         try:
             tensor = entry.model.preprocess(data, source)
         except ImageDecodeError as exc:
             raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         try:
-            return entry.batcher.submit(tensor, is_active)
+            return entry.batcher.submit(tensor, context.is_active)
         except QueueFullError as exc:
             raise RpcAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except BatcherClosedError as exc:
@@ -89,11 +90,11 @@ class Engine:
         if inline:
             f: Future = Future()
             try:
-                f.set_result(self._prepare(entry, data, source, context.is_active))
+                f.set_result(self._prepare(entry, data, source, context))
             except RpcAbort as exc:
                 f.set_exception(exc)
             return f
-        return self.pool.submit(self._prepare, entry, data, source, context.is_active)
+        return self.pool.submit(self._prepare, entry, data, source, context)
 
     def logits(self, staged: Future, context: grpc.ServicerContext) -> np.ndarray:
         """Wait for one image's logits row, honouring the call's deadline and cancellation."""
@@ -110,16 +111,24 @@ class Engine:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _call_gone(context: grpc.ServicerContext, when: str) -> RpcAbort | None:
+    """DEADLINE_EXCEEDED once the call's deadline has passed, CANCELLED once the client went away."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return RpcAbort(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed {when}")
+    if not context.is_active():
+        return RpcAbort(grpc.StatusCode.CANCELLED, f"the call was cancelled {when}")
+    return None
+
+
 def _wait(future: Future, context: grpc.ServicerContext):
     """The future's result; polls so a cancelled call or a passed deadline stops the wait."""
     while not future.done():
-        if not context.is_active():
+        gone = _call_gone(context, "while waiting for the model")
+        if gone:
             future.cancel()
-            raise RpcAbort(grpc.StatusCode.CANCELLED, "the call was cancelled or its deadline passed")
+            raise gone
         remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            future.cancel()
-            raise RpcAbort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while waiting for the model")
         futures_wait([future], timeout=_POLL_S if remaining is None else min(_POLL_S, remaining))
     if future.cancelled():
         raise RpcAbort(grpc.StatusCode.CANCELLED, "the call ended before the model ran")

@@ -1,0 +1,313 @@
+"""The gRPC server under adverse conditions, for real on a loopback port: TLS, deadlines, a full
+queue shedding load, and messages over the size limit. After each, a good call must still work.
+
+Slow paths are made deterministic by holding the model behind a gate (`ModelGate`), never by
+sleeping and hoping; no test asserts a wall-clock time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from captcha.export import export_onnx
+from captcha.inference import Predictor
+from serving import cli as serving_cli
+from serving._proto.captcha.v1 import recognizer_pb2 as pb
+from serving._proto.inference import grpc_service_pb2 as kpb
+from serving._proto.inference import grpc_service_pb2_grpc as kpb_grpc
+from serving.client import RecognizerClient, open_channel
+from serving.health_probe import check as health_check
+from serving.model import ServedModel
+from serving.server import CaptchaServer, ServeConfig
+
+WAIT_S = 20  # upper bound for waiting on a condition (never an expected duration)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> dict:
+    from captcha.generate import GeneratorConfig, generate_dataset
+    from captcha.train import TrainConfig, fit
+
+    tmp = tmp_path_factory.mktemp("robust")
+    generate_dataset(tmp / "data", GeneratorConfig(splits={"train": 64, "val": 16, "test": 16}, seed=11))
+    fit(TrainConfig(data=str(tmp / "data"), out=str(tmp / "run"), epochs=1, cache_dir=str(tmp / "cache")), log=lambda s: None)
+    onnx_path = export_onnx(tmp / "run", tmp / "captcha.onnx", verify_images=4, log=lambda s: None).path
+    images = sorted((tmp / "data" / "test").glob("*.png"))[:4]
+    return {"run": tmp / "run", "onnx": onnx_path, "images": images, "tmp": tmp}
+
+
+def _until(condition, what: str) -> None:
+    end = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class ModelGate:
+    """Wraps `ServedModel.run`: records every batch's size and, while closed, holds the model."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.opened = threading.Event()
+        self.opened.set()
+        self.entered = threading.Event()
+        self.batches: list[int] = []
+        real = ServedModel.run
+
+        def run(model: ServedModel, batch: np.ndarray) -> np.ndarray:
+            self.batches.append(len(batch))
+            self.entered.set()
+            assert self.opened.wait(60), "the test never opened the model gate"
+            return real(model, batch)
+
+        monkeypatch.setattr(ServedModel, "run", run)
+
+    def close(self) -> None:
+        self.entered.clear()
+        self.opened.clear()
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+@pytest.fixture
+def gated(monkeypatch, artifacts):
+    """Start a server (config overrides as kwargs) whose model runs behind a `ModelGate`."""
+    gate = ModelGate(monkeypatch)
+    servers: list[CaptchaServer] = []
+
+    def start(**overrides) -> tuple[CaptchaServer, RecognizerClient]:
+        config = ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, grace_s=1, **overrides)
+        srv = CaptchaServer(config).start()
+        servers.append(srv)
+        gate.batches.clear()  # forget the warm-up runs
+        channel = open_channel(f"127.0.0.1:{srv.port}")
+        srv._test_channel = channel
+        return srv, RecognizerClient(channel)
+
+    yield gate, start
+    gate.open()
+    for srv in servers:
+        srv._test_channel.close()
+        srv.stop(0).wait(10)
+
+
+def _expected(artifacts, paths) -> list[str]:
+    return [p.text for p in Predictor.from_run(artifacts["run"], "cpu").predict_paths(paths)]
+
+
+# --------------------------------------------------------------------------------------------- TLS
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed cert for localhost / 127.0.0.1: with `cryptography` if importable, else openssl."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    try:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            pytest.skip("TLS test needs a self-signed certificate: neither the `cryptography` package nor the `openssl` CLI is available")
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            check=True, capture_output=True, timeout=60,
+        )
+        return cert, key
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_server(artifacts, tmp_path_factory):
+    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, tls_cert=str(cert), tls_key=str(key), grace_s=1)).start()
+    yield srv, cert
+    srv.stop(0).wait(10)
+
+
+def test_tls_serves_trusted_clients(artifacts, tls_server) -> None:
+    srv, cert = tls_server
+    paths = artifacts["images"]
+    for host in ("localhost", "127.0.0.1"):  # the cert names both
+        with open_channel(f"{host}:{srv.port}", tls_ca=str(cert)) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            texts = [RecognizerClient(channel).recognize(p.read_bytes()).text for p in paths]
+            assert texts == _expected(artifacts, paths)
+    assert health_check(f"localhost:{srv.port}", tls_ca=str(cert), timeout=10)
+
+
+def test_tls_refuses_plaintext_and_untrusted_clients(artifacts, tls_server) -> None:
+    srv, _cert = tls_server
+    image = artifacts["images"][0].read_bytes()
+    for tls in (False, True):  # plaintext, and TLS that trusts only the system roots
+        with open_channel(f"localhost:{srv.port}", tls=tls) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                RecognizerClient(channel, timeout=10).recognize(image)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert not health_check(f"localhost:{srv.port}", timeout=5)
+
+
+def test_tls_cli_client(artifacts, tls_server, capsys) -> None:
+    srv, cert = tls_server
+    parser = argparse.ArgumentParser()
+    serving_cli.register(parser.add_subparsers())
+    paths = artifacts["images"][:2]
+    args = parser.parse_args(["client", *map(str, paths), "--address", f"localhost:{srv.port}", "--tls-ca", str(cert), "--timeout", "30"])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[1] for line in lines] == _expected(artifacts, paths)
+
+
+def test_tls_needs_cert_and_key(artifacts, tls_server) -> None:
+    _srv, cert = tls_server
+    with pytest.raises(ValueError, match="go together"):
+        CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, tls_cert=str(cert)))
+
+
+# --------------------------------------------------------------------------------------- deadlines
+
+
+@pytest.mark.parametrize("method", ["Recognize", "RecognizeBatch"])
+def test_deadline_exceeded_then_next_call_is_served(artifacts, gated, method: str) -> None:
+    gate, start = gated
+    srv, client = start(max_batch=1, max_delay_ms=0)
+    image = artifacts["images"][0].read_bytes()
+    gate.close()
+    first = client.stub.Recognize.future(pb.RecognizeRequest(image=image), timeout=60)  # holds the model
+    assert gate.entered.wait(WAIT_S)
+    with pytest.raises(grpc.RpcError) as err:  # queued behind it; its deadline passes first
+        if method == "Recognize":
+            client.stub.Recognize(pb.RecognizeRequest(image=image), timeout=0.5)
+        else:
+            client.stub.RecognizeBatch(pb.RecognizeBatchRequest(images=[image, image]), timeout=0.5)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # the server itself noticed the deadline (not just the client) and answered the call
+    _until(lambda: srv.metrics.value("captcha_requests_total", method=method, code="DEADLINE_EXCEEDED") == 1, "the server to end the call")
+    gate.open()
+    assert first.result(timeout=WAIT_S).text
+    text = client.recognize(image).text  # the server keeps serving
+    assert text == _expected(artifacts, artifacts["images"][:1])[0]
+    assert sum(gate.batches) == 2  # the expired call's images were dropped before the model ran
+
+
+def test_stream_deadline_then_next_call_is_served(artifacts, gated) -> None:
+    gate, start = gated
+    srv, client = start(max_batch=1, max_delay_ms=0)
+    image = artifacts["images"][0].read_bytes()
+    gate.close()
+    responses = client.recognize_stream([image, image, image], timeout=0.5)
+    assert gate.entered.wait(WAIT_S)
+    with pytest.raises(grpc.RpcError) as err:
+        list(responses)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    _until(lambda: srv.metrics.value("captcha_requests_total", method="RecognizeStream", code="DEADLINE_EXCEEDED") == 1, "the server to end the stream")
+    gate.open()
+    assert client.recognize(image).text
+    _until(lambda: sum(gate.batches) == 2, "the good call")
+    assert sum(gate.batches) == 2  # the one image already in the model, then the good call; the rest were skipped
+
+
+# ------------------------------------------------------------------------------ load shedding
+
+
+def test_full_queue_sheds_load_then_recovers(artifacts, gated) -> None:
+    gate, start = gated
+    srv, client = start(max_batch=1, max_delay_ms=0, max_queue=2, workers=1)
+    batcher = srv.engine.entries["captcha"].batcher
+    images = [p.read_bytes() for p in artifacts["images"]]
+    gate.close()
+    held = client.stub.Recognize.future(pb.RecognizeRequest(image=images[0]), timeout=60)
+    assert gate.entered.wait(WAIT_S)  # the model is busy with the first image ...
+    queued = [client.stub.Recognize.future(pb.RecognizeRequest(image=img), timeout=60) for img in images[1:3]]
+    _until(lambda: batcher.depth == 2, "two images queued")  # ... and the queue (2) is full
+    with pytest.raises(grpc.RpcError) as err:
+        client.recognize(images[3])
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "busy" in err.value.details() and "2 images" in err.value.details()
+    batch = client.recognize_batch(images[:2])  # batch items are shed one by one, the call itself is OK
+    assert [r.error.code for r in batch] == [grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]] * 2
+    assert all("busy" in r.error.message for r in batch)
+    gate.open()
+    texts = [f.result(timeout=WAIT_S).text for f in (held, *queued)]
+    expected = _expected(artifacts, artifacts["images"])
+    assert texts == expected[:3]  # everything accepted was answered
+    assert client.recognize(images[3]).text == expected[3]  # and the server serves again
+    assert srv.metrics.value("captcha_requests_total", method="Recognize", code="RESOURCE_EXHAUSTED") == 1
+
+
+# -------------------------------------------------------------------------- oversized messages
+
+
+@pytest.fixture(scope="module")
+def small_limit_server(artifacts):
+    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, max_message_mb=0.25, grace_s=1)).start()
+    with open_channel(f"127.0.0.1:{srv.port}") as channel:  # the client itself allows 64 MiB
+        yield srv, channel
+    srv.stop(0).wait(10)
+
+
+def _assert_too_large(err: pytest.ExceptionInfo) -> None:
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in err.value.details()  # the reason, with both sizes
+
+
+def test_oversized_messages_are_refused_with_a_reason(artifacts, small_limit_server) -> None:
+    _srv, channel = small_limit_server
+    client = RecognizerClient(channel, timeout=30)
+    good = artifacts["images"][0].read_bytes()
+    big = b"\x89PNG" + b"\x00" * (300 * 1024)  # over 0.25 MiB
+    with pytest.raises(grpc.RpcError) as err:
+        client.recognize(big)
+    _assert_too_large(err)
+    with pytest.raises(grpc.RpcError) as err:  # small images, too many of them in one message
+        client.recognize_batch([good] * (2 + 300 * 1024 // len(good)))
+    _assert_too_large(err)
+    with pytest.raises(grpc.RpcError) as err:  # one oversized stream message ends that stream
+        list(client.recognize_stream([good, big, good], timeout=30))
+    _assert_too_large(err)
+    stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+    tensor = kpb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(kpb.ModelInferRequest(model_name="captcha", inputs=[tensor], raw_input_contents=[big]), timeout=30)
+    _assert_too_large(err)
+    assert client.recognize(good).text == _expected(artifacts, artifacts["images"][:1])[0]  # still serving
+
+
+def test_under_the_limit_but_not_an_image_is_invalid_argument(artifacts, small_limit_server) -> None:
+    _srv, channel = small_limit_server
+    client = RecognizerClient(channel, timeout=30)
+    with pytest.raises(grpc.RpcError) as err:
+        client.recognize(b"\x89PNG" + b"\x00" * (200 * 1024))  # fits the limit, decodes to nothing
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details()
+    assert client.recognize(artifacts["images"][0].read_bytes()).text
