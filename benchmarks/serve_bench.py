@@ -7,6 +7,12 @@ asyncio gRPC client at each concurrency (unary Recognize, RecognizeBatch of --ba
 RecognizeStream with one stream per concurrent client), then measures the in-process ONNX
 Runtime ceiling and ddddocr (from its own venv, in a subprocess). Every loop is bounded in count
 and time. Prints a Markdown table naming the machine.
+
+ddddocr runs in a separate virtualenv, never in the project's environment: it pulls in the CPU
+`onnxruntime` package, which conflicts with `onnxruntime-gpu`. `--ddddocr-python PY` uses that
+interpreter; otherwise (or when PY does not exist) the venv at `--ddddocr-venv` (default
+~/.cache/captchakit/ddddocr-venv) is used, created with `pip install ddddocr` on first use.
+`--no-ddddocr` skips the column; so does a failed install, with the reason printed.
 """
 
 from __future__ import annotations
@@ -26,11 +32,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
+import grpc
+import numpy as np
 
-from serving._proto.captcha.v1 import recognizer_pb2 as pb  # noqa: E402
-from serving._proto.captcha.v1 import recognizer_pb2_grpc as pb_grpc  # noqa: E402
+from serving._proto.captcha.v1 import recognizer_pb2 as pb
+from serving._proto.captcha.v1 import recognizer_pb2_grpc as pb_grpc
 
 _DDDDOCR_SCRIPT = r"""
 import json, sys, time
@@ -159,9 +165,72 @@ def ort_ceiling(onnx: Path, payloads: list[bytes], batch: int, seconds: float) -
     return {"model_only": 1.0 / run_s, "end_to_end": 1.0 / (run_s + prep_s / len(payloads)), "provider": model.provider}
 
 
+def default_ddddocr_venv() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "captchakit" / "ddddocr-venv"
+
+
+def _venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _has_ddddocr(python: Path) -> bool:
+    try:
+        return subprocess.run([str(python), "-c", "import ddddocr"], check=False, capture_output=True, timeout=120).returncode == 0
+    except (subprocess.SubprocessError, OSError):
+        return False
+
+
+def _same_environment(python: Path) -> bool:
+    """True when `python` runs in this process's environment (where ddddocr must never go)."""
+    try:
+        out = subprocess.run([str(python), "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, timeout=60, check=True)
+    except (subprocess.SubprocessError, OSError):
+        return False
+    return Path(out.stdout.strip()).resolve() == Path(sys.prefix).resolve()
+
+
+def ensure_ddddocr(python: str | None, venv: str | None, log=print) -> tuple[Path | None, str]:
+    """An interpreter that can `import ddddocr`, and a note on where it came from (or why there is none).
+
+    `python` given and present: used as it is (nothing is installed into it). Otherwise the venv
+    at `venv` (default `default_ddddocr_venv()`) is used, and created with `pip install ddddocr`
+    when it has no ddddocr yet. Returns (None, reason) when that fails.
+    """
+    if python:
+        given = Path(python)
+        if given.exists():
+            if _has_ddddocr(given):
+                return given, f"ddddocr from {given}"
+            return None, f"{given} cannot import ddddocr (install it there, or leave out --ddddocr-python to use a separate venv)"
+        log(f"ddddocr: {given} does not exist; using a separate venv instead")
+    root = Path(venv).expanduser() if venv else default_ddddocr_venv()
+    target = _venv_python(root)
+    if target.exists() and _has_ddddocr(target):
+        return target, f"ddddocr from {root}"
+    step = f"{sys.executable} -m venv {root}"
+    try:
+        if not target.exists():
+            log(f"ddddocr: creating a virtualenv at {root} (kept out of this environment: ddddocr needs the CPU onnxruntime)")
+            root.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, capture_output=True, text=True, timeout=300)
+        if _same_environment(target):
+            return None, f"{root} is this project's own environment; refusing to install ddddocr into it"
+        step = f"{target} -m pip install ddddocr"
+        log(f"ddddocr: {step} ...")
+        subprocess.run([str(target), "-m", "pip", "install", "--disable-pip-version-check", "-q", "ddddocr"],
+                       check=True, capture_output=True, text=True, timeout=900)
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or exc.stdout or "").strip().splitlines()
+        return None, f"could not set up ddddocr: `{step}` failed ({detail[-1] if detail else f'exit {exc.returncode}'})"
+    except (subprocess.SubprocessError, OSError) as exc:
+        return None, f"could not set up ddddocr: `{step}` failed ({exc})"
+    if not _has_ddddocr(target):
+        return None, f"ddddocr was installed into {root} but does not import"
+    return target, f"ddddocr from {root} (installed now)"
+
+
 def ddddocr_bench(venv_python: Path, paths: list[Path], labels: list[str], timeout: float) -> dict | None:
-    if not venv_python.exists():
-        return None
     try:
         out = subprocess.run([str(venv_python), "-c", _DDDDOCR_SCRIPT], input=json.dumps([str(p) for p in paths]),
                              capture_output=True, text=True, timeout=timeout, check=True)
@@ -204,8 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="images per RecognizeBatch call / per stream")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
-    parser.add_argument("--ddddocr-python", default="/work/ddddocr-venv/bin/python")
+    parser.add_argument("--ddddocr-python", help="interpreter that has ddddocr (e.g. /work/ddddocr-venv/bin/python); "
+                        "default, or when it does not exist: the --ddddocr-venv one")
+    parser.add_argument("--ddddocr-venv", help=f"venv for ddddocr, created with `pip install ddddocr` when missing (default {default_ddddocr_venv()})")
+    parser.add_argument("--no-ddddocr", action="store_true", help="skip the ddddocr comparison")
     args = parser.parse_args(argv)
+
+    dddd_python, dddd_note = (None, "skipped (--no-ddddocr)") if args.no_ddddocr else ensure_ddddocr(args.ddddocr_python, args.ddddocr_venv, log=lambda m: print(m, file=sys.stderr))
+    if dddd_python is None:
+        print(f"ddddocr: {dddd_note}; its column is left out", file=sys.stderr)
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -235,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
             texts = [p.text for p in Predictor.from_run(run, "cpu").predict_paths(paths)]
             ours_acc = sum(t == l for t, l in zip(texts, labels)) / len(labels)
-        dddd = ddddocr_bench(Path(args.ddddocr_python), paths, labels, timeout=600)
+        dddd = ddddocr_bench(dddd_python, paths, labels, timeout=600) if dddd_python else None
 
     print(f"\nMachine: {machine()}; ONNX Runtime provider: {ceiling['provider']}; {len(paths)} generated CAPTCHA PNGs; "
           f"server --max-batch {args.max_batch} --max-delay-ms {args.max_delay_ms:g}; batch/stream calls carry {args.batch} images\n")
@@ -249,9 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     acc = f"{ours_acc * 100:.1f}%" if ours_acc is not None else "n/a"
     print(f"\nAccuracy on these images: captchakit model {acc}")
     if dddd:
-        print(f"ddddocr (pretrained, 1 process, sequential): {dddd['images_per_s']:.0f} images/s, whole-string accuracy {dddd['accuracy'] * 100:.1f}%")
+        print(f"ddddocr (pretrained, 1 process, sequential; {dddd_note}): {dddd['images_per_s']:.0f} images/s, "
+              f"whole-string accuracy {dddd['accuracy'] * 100:.1f}%")
     else:
-        print("ddddocr: not measured (no venv at --ddddocr-python)")
+        print(f"ddddocr: not measured ({dddd_note if dddd_python is None else 'its run failed, see above'})")
     return 0
 
 

@@ -1,0 +1,53 @@
+"""benchmarks/serve_bench.py finds ddddocr without touching the project's environment."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "serve_bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("serve_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_venv_is_a_user_cache_not_a_fixed_path(bench, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert bench.default_ddddocr_venv() == tmp_path / "captchakit" / "ddddocr-venv"
+    args = ["--help"]
+    with pytest.raises(SystemExit):
+        bench.main(args)
+
+
+def test_an_interpreter_without_ddddocr_is_never_installed_into(bench, monkeypatch, tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+    real_run = bench.subprocess.run
+
+    def spy(cmd, *a, **kw):
+        calls.append([str(c) for c in cmd])
+        return real_run(cmd, *a, **kw)
+
+    monkeypatch.setattr(bench.subprocess, "run", spy)
+    python, reason = bench.ensure_ddddocr(sys.executable, str(tmp_path / "venv"), log=lambda _m: None)
+    assert python is None and "cannot import ddddocr" in reason
+    assert not any("pip" in c for cmd in calls for c in cmd) and not (tmp_path / "venv").exists()
+    assert bench._same_environment(Path(sys.executable))
+
+
+def test_failed_setup_is_reported_not_raised(bench, monkeypatch, tmp_path: Path) -> None:
+    def fail(cmd, *a, **kw):
+        if "-m" in cmd and "venv" in cmd:
+            raise bench.subprocess.CalledProcessError(1, cmd, output="", stderr="Error: no ensurepip here")
+        return bench.subprocess.CompletedProcess(cmd, 1, "", "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fail)
+    python, reason = bench.ensure_ddddocr(str(tmp_path / "missing" / "python"), str(tmp_path / "venv"), log=lambda _m: None)
+    assert python is None and "venv" in reason and "no ensurepip here" in reason
