@@ -8,8 +8,8 @@ servicers turn into gRPC statuses (or per-item errors in batch and stream calls)
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 
 import grpc
@@ -122,23 +122,31 @@ def _call_gone(context: grpc.ServicerContext, when: str) -> RpcAbort | None:
 
 
 def _wait(future: Future, context: grpc.ServicerContext):
-    """The future's result; polls so a cancelled call or a passed deadline stops the wait."""
-    while not future.done():
-        gone = _call_gone(context, "while waiting for the model")
+    """The future's result; polls so a cancelled call or a passed deadline stops the wait.
+
+    Waits with `future.result(timeout)` - one condition variable per future - rather than
+    `concurrent.futures.wait`, whose per-call waiter objects cost the batcher thread a lock and an
+    event per image when it resolves a batch.
+    """
+    while True:
+        gone = None if future.done() else _call_gone(context, "while waiting for the model")
         if gone:
             future.cancel()
             raise gone
         remaining = context.time_remaining()
-        futures_wait([future], timeout=_POLL_S if remaining is None else min(_POLL_S, remaining))
-    if future.cancelled():
-        raise RpcAbort(grpc.StatusCode.CANCELLED, "the call ended before the model ran")
-    exc = future.exception()
-    if exc is None:
-        return future.result()
-    if isinstance(exc, RpcAbort):
-        raise exc
-    if isinstance(exc, BatcherClosedError):
-        raise RpcAbort(grpc.StatusCode.UNAVAILABLE, str(exc))
-    if isinstance(exc, CallerGoneError):
-        raise RpcAbort(grpc.StatusCode.CANCELLED, str(exc))
-    raise RpcAbort(grpc.StatusCode.INTERNAL, f"inference failed: {exc}")
+        try:
+            return future.result(timeout=_POLL_S if remaining is None else min(_POLL_S, remaining))
+        except FutureTimeoutError as exc:
+            if not future.done():
+                continue
+            raise RpcAbort(grpc.StatusCode.INTERNAL, f"inference failed: {exc!r}") from None
+        except CancelledError:
+            raise RpcAbort(grpc.StatusCode.CANCELLED, "the call ended before the model ran") from None
+        except RpcAbort:
+            raise
+        except BatcherClosedError as exc:
+            raise RpcAbort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        except CallerGoneError as exc:
+            raise RpcAbort(grpc.StatusCode.CANCELLED, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - anything else is the server's fault
+            raise RpcAbort(grpc.StatusCode.INTERNAL, f"inference failed: {exc}") from None
