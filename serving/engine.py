@@ -7,8 +7,9 @@ servicers turn into gRPC statuses (or per-item errors in batch and stream calls)
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 
@@ -42,9 +43,14 @@ class Entry:
 class Engine:
     """Served models by name plus the preprocessing pool."""
 
-    def __init__(self, metrics: Metrics, workers: int, max_batch: int, max_delay_s: float, max_queue: int):
+    def __init__(self, metrics: Metrics, workers: int, max_batch: int, max_delay_s: float, max_queue: int, processes: int = 0):
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="preprocess")
+        # Optional process pool for multi-image calls: the `denoise` preprocessor is mostly small
+        # numpy calls that hold the GIL, so threads cannot spread it over the cores; processes can.
+        # Started with "spawn" (never fork a process that runs gRPC threads).
+        self.processes = max(0, processes)
+        self.procs = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) if processes > 0 else None
         self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
         self.entries: dict[str, Entry] = {}
         self.default: str | None = None
@@ -96,6 +102,54 @@ class Engine:
             return f
         return self.pool.submit(self._prepare, entry, data, source, context)
 
+    def submit_many(self, entry: Entry, images: list[bytes], sources: list[str], context: grpc.ServicerContext) -> list[Future]:
+        """Start several images of one call; like `submit` per image, but with a process pool the
+        whole call's decode + preprocess is one task (one round of inter-process traffic)."""
+        if self.procs is None or len(images) < 2:
+            return [self.submit(entry, data, source, context) for data, source in zip(images, sources)]
+        staged: list[Future] = [Future() for _ in images]
+        spec = entry.model.spec
+        try:
+            task = self.procs.submit(_preprocess_many, spec.preprocess, tuple(spec.input_size), spec.mean, spec.std, images, sources)
+        except RuntimeError:  # the pool is shutting down
+            return [self.submit(entry, data, source, context) for data, source in zip(images, sources)]
+
+        def distribute(done: Future) -> None:
+            try:
+                results = done.result()
+            except Exception as exc:  # noqa: BLE001 - a dead worker: every image of the call fails
+                abort = RpcAbort(grpc.StatusCode.INTERNAL, f"preprocessing failed: {exc!r}")
+                for f in staged:
+                    f.set_exception(abort)
+                return
+            for f, (tensor, error) in zip(staged, results):
+                if error is not None:
+                    f.set_exception(RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, error))
+                    continue
+                try:
+                    f.set_result(self._enqueue(entry, tensor, context))
+                except RpcAbort as exc:
+                    f.set_exception(exc)
+
+        task.add_done_callback(distribute)
+        return staged
+
+    def _enqueue(self, entry: Entry, tensor: np.ndarray, context: grpc.ServicerContext) -> Future:
+        gone = _call_gone(context, "before its image was queued")
+        if gone:
+            raise gone
+        try:
+            return entry.batcher.submit(tensor, context.is_active)
+        except QueueFullError as exc:
+            raise RpcAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        except BatcherClosedError as exc:
+            raise RpcAbort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+
+    def warm_up_processes(self) -> None:
+        """Start every worker process now, not on the first request."""
+        if self.procs is not None:
+            list(self.procs.map(_preprocess_many, *zip(*[("gray", (8, 8), 0.0, 1.0, [], [])] * (2 * self.processes))))
+
     def logits(self, staged: Future, context: grpc.ServicerContext) -> np.ndarray:
         """Wait for one image's logits row, honouring the call's deadline and cancellation."""
         return _wait(_wait(staged, context), context)
@@ -109,6 +163,24 @@ class Engine:
         for entry in self.entries.values():
             entry.batcher.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.procs is not None:
+            self.procs.shutdown(wait=False, cancel_futures=True)
+
+
+def _preprocess_many(name: str, size: tuple[int, int], mean: float, std: float, images: list[bytes], sources: list[str]) -> list:
+    """Process-pool task: decode + preprocess + normalise each image with the very functions the
+    threads use (`captcha.imageio`, `captcha.preprocess`); (tensor, None) or (None, reason) each."""
+    from captcha.imageio import decode_image
+    from captcha.preprocess import get_preprocessor, normalize
+
+    pre = get_preprocessor(name)
+    out: list = []
+    for data, source in zip(images, sources):
+        try:
+            out.append((normalize(pre(decode_image(data, source), size), mean, std), None))
+        except ImageDecodeError as exc:
+            out.append((None, str(exc)))
+    return out
 
 
 def _call_gone(context: grpc.ServicerContext, when: str) -> RpcAbort | None:

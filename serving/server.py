@@ -46,6 +46,7 @@ class ServeConfig:
     max_delay_ms: float = 2.0
     max_queue: int = 1024
     workers: int = 0  # decode/preprocess threads; 0 = CPU count
+    preprocess_processes: int = 0  # >0: decode/preprocess multi-image calls in this many processes
     grpc_threads: int = 64
     ort_threads: int = 0  # ONNX Runtime intra-op threads; 0 = CPU count
     token: str | None = None
@@ -63,7 +64,8 @@ class CaptchaServer:
         self.config = config
         self.specs = parse_model_args(config.models)
         self.metrics = server_metrics()
-        self.engine = Engine(self.metrics, config.workers or (os.cpu_count() or 1), config.max_batch, config.max_delay_ms / 1000.0, config.max_queue)
+        self.engine = Engine(self.metrics, config.workers or (os.cpu_count() or 1), config.max_batch, config.max_delay_ms / 1000.0, config.max_queue,
+                             processes=config.preprocess_processes)
         limit = int(config.max_message_mb * 1024 * 1024)
         interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
         self.server = grpc.server(
@@ -107,6 +109,7 @@ class CaptchaServer:
             model = ServedModel(name, path, self.config.device, self.config.ort_threads)
             self.engine.add(model)
             log.warning("serving %s (%s, version %s) from %s", name, model.spec.task, model.version, path)
+        self.engine.warm_up_processes()
         self.engine.ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return self

@@ -105,7 +105,8 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
     @_unary("RecognizeBatch")
     def RecognizeBatch(self, request, context):  # noqa: N802
         entry = self.engine.get(request.model)
-        staged = [self.engine.submit(entry, data, f"images[{i}]", context) for i, data in enumerate(request.images)]
+        images = list(request.images)
+        staged = self.engine.submit_many(entry, images, [f"images[{i}]" for i in range(len(images))], context)
         return pb.RecognizeBatchResponse(results=[self._one(entry, s, context) for s in staged])
 
     @_streaming("RecognizeStream")
@@ -230,7 +231,7 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
         images = _bytes_elements(request.inputs[0], raw)
         if not images:
             raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "no images in the input tensor")
-        staged = [self.engine.submit(entry, data, f"image[{i}]", context) for i, data in enumerate(images)]
+        staged = self.engine.submit_many(entry, images, [f"image[{i}]" for i in range(len(images))], context)
         predictions = [self.engine.predict(entry, s, context) for s in staged]
         outputs = {
             "text": ("BYTES", _serialize_bytes([p.text.encode() for p in predictions])),

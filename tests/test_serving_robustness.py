@@ -311,3 +311,36 @@ def test_under_the_limit_but_not_an_image_is_invalid_argument(artifacts, small_l
         client.recognize(b"\x89PNG" + b"\x00" * (200 * 1024))  # fits the limit, decodes to nothing
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details()
     assert client.recognize(artifacts["images"][0].read_bytes()).text
+
+
+# ------------------------------------------------------------------- process-pool preprocessing
+
+
+def test_process_pool_preprocessing_gives_the_same_answers(artifacts) -> None:
+    """`--preprocess-processes`: batch calls decode + preprocess in worker processes, same functions,
+    same answers as `captcha predict`; a bad item still gets its own INVALID_ARGUMENT."""
+    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, preprocess_processes=1, grace_s=1)).start()
+    try:
+        with open_channel(f"127.0.0.1:{srv.port}") as channel:
+            client = RecognizerClient(channel, timeout=60)
+            paths = artifacts["images"]
+            payloads = [p.read_bytes() for p in paths]
+            expected = Predictor.from_run(artifacts["run"], "cpu").predict_paths(paths)
+            results = client.recognize_batch([*payloads, b"not an image"])
+            assert [r.text for r in results[:-1]] == [e.text for e in expected]
+            for r, e in zip(results, expected):
+                assert r.confidence == pytest.approx(e.confidence, rel=1e-3, abs=1e-6)
+            assert results[-1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and results[-1].error.message
+            stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+            tensor = kpb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[len(payloads)])
+            reply = stub.ModelInfer(kpb.ModelInferRequest(model_name="captcha", inputs=[tensor], raw_input_contents=[
+                b"".join(len(b).to_bytes(4, "little") + b for b in payloads)]), timeout=60)
+            raw = reply.raw_output_contents[[o.name for o in reply.outputs].index("text")]
+            texts, offset = [], 0
+            while offset < len(raw):
+                n = int.from_bytes(raw[offset : offset + 4], "little")
+                texts.append(raw[offset + 4 : offset + 4 + n].decode())
+                offset += 4 + n
+            assert texts == [e.text for e in expected]
+    finally:
+        srv.stop(0).wait(10)
