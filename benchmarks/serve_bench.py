@@ -119,7 +119,8 @@ def _start_server(onnx: Path, port: int, args: argparse.Namespace) -> subprocess
         "p = argparse.ArgumentParser(); c.register(p.add_subparsers()); a = p.parse_args(); sys.exit(a.func(a))"
     )
     cmd = [sys.executable, "-c", code, "serve", str(onnx), "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms), "--grpc-threads", "300", "--max-queue", "4096"]
+           "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms), "--grpc-threads", "300", "--max-queue", "4096",
+           "--preprocess-processes", str(args.preprocess_processes)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -273,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="images per RecognizeBatch call / per stream")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
+    parser.add_argument("--preprocess-processes", type=int, default=0, help="server's --preprocess-processes (default 0: threads)")
     parser.add_argument("--ddddocr-python", help="interpreter that has ddddocr (e.g. /work/ddddocr-venv/bin/python); "
                         "default, or when it does not exist: the --ddddocr-venv one")
     parser.add_argument("--ddddocr-venv", help=f"venv for ddddocr, created with `pip install ddddocr` when missing (default {default_ddddocr_venv()})")
@@ -314,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         dddd = ddddocr_bench(dddd_python, paths, labels, timeout=600) if dddd_python else None
 
     print(f"\nMachine: {machine()}; ONNX Runtime provider: {ceiling['provider']}; {len(paths)} generated CAPTCHA PNGs; "
-          f"server --max-batch {args.max_batch} --max-delay-ms {args.max_delay_ms:g}; batch/stream calls carry {args.batch} images\n")
+          f"server --max-batch {args.max_batch} --max-delay-ms {args.max_delay_ms:g} --preprocess-processes {args.preprocess_processes}; batch/stream calls carry {args.batch} images\n")
     print("| API | concurrency | images/s | p50 ms | p99 ms | errors |")
     print("|---|---:|---:|---:|---:|---:|")
     for mode, c, r in rows:
