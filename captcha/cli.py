@@ -16,7 +16,7 @@ from pathlib import Path
 from captcha import __version__
 
 # Modules that add verbs: each has register(subparsers) and sets func on its parsers.
-_EXTENSIONS: tuple[str, ...] = ("captcha.export", "serving.cli", "captcha.classify.cli")
+_EXTENSIONS: tuple[str, ...] = ("captcha.pretrain", "captcha.export", "serving.cli", "captcha.classify.cli")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -35,11 +35,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_styles(args: argparse.Namespace) -> int:
-    from captcha.generate import EVAL_STYLES, STYLES
+    from captcha.generate import EVAL_STYLES, MIX, STYLES
 
     for name, style in STYLES.items():
         group = "held-out eval" if name in EVAL_STYLES else "pre-training"
         print(f"{name:14s} {group:14s} {style.description}")
+    print(f"{MIX:14s} {'pre-training':14s} each image recombines the pre-training styles' traits (what `captcha pretrain` draws)")
     return 0
 
 
@@ -200,13 +201,14 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input size (default 50 130)")
     p.add_argument("--skip-bad", action="store_true", default=None, help="leave bad files out with a warning instead of stopping")
     p.add_argument("--cache-dir", help="where preprocessed datasets are cached (default ~/.cache/captchakit)")
-    p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning)")
+    p.add_argument("--init", help="pretrained: the shipped synthetic pre-training weights when they match model, preprocessor and head; "
+                   "none: random; or a checkpoint/run to fine-tune (default pretrained)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory layout (default on)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from captcha.constants import DEFAULT_ALPHABET, DEFAULT_LENGTH, DEFAULT_MAX_PARAMS, DEFAULT_SPLITS, INPUT_HEIGHT, INPUT_WIDTH
-    from captcha.generate import STYLES
+    from captcha.generate import MIX, STYLES
     from captcha.models import HEAD_TYPES, list_models
     from captcha.preprocess import list_preprocessors
 
@@ -222,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=INPUT_HEIGHT)
     p.add_argument("--width", type=int, default=INPUT_WIDTH)
     p.add_argument("--splits", type=int, nargs=3, default=list(DEFAULT_SPLITS), metavar=("TRAIN", "VAL", "TEST"))
-    p.add_argument("--style", nargs="+", default=["course"], choices=list(STYLES), help="visual styles, mixed in turn")
+    p.add_argument("--style", nargs="+", default=["course"], choices=[*STYLES, MIX], help=f"visual styles, mixed in turn ({MIX}: a new recombination of the pre-training styles per image)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_generate)
 

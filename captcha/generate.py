@@ -12,7 +12,7 @@ measured on them is accuracy on a style the project never trained its shipped we
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import cv2
@@ -165,9 +165,23 @@ STYLES: dict[str, Style] = {
 
 PRETRAIN_STYLES = ("course", "bold", "script", "dense", "inverse")
 EVAL_STYLES = ("eval-plain", "eval-scriptc", "eval-lines")
+MIX = "mix"  # pseudo-style: every image recombines the pre-training styles' traits
+
+
+def mixed_style(rng: np.random.Generator, names: tuple[str, ...] = PRETRAIN_STYLES) -> Style:
+    """A new style per call: each trait (font, colours, distortion, noise) comes from a random one
+    of `names`. Pre-training sees many more combinations than five styles, yet never a font,
+    colour scheme or noise kind that only the evaluation styles have."""
+    sources = [STYLES[n] for n in names]
+    traits = {f.name: getattr(sources[int(rng.integers(len(sources)))], f.name) for f in fields(Style) if f.name not in ("name", "description")}
+    if traits["background"] == "dark" or traits["text_color"] == "light":  # keep contrast: light on dark only
+        traits["background"], traits["text_color"] = "dark", "light"
+    return replace(sources[0], name=MIX, description="", **traits)
 
 
 def get_style(name: str) -> Style:
+    if name == MIX:
+        return STYLES[PRETRAIN_STYLES[0]]  # validated here; drawn anew per image by `mixed_style`
     try:
         return STYLES[name]
     except KeyError:
@@ -333,7 +347,7 @@ def generate_dataset(out_dir: str | Path, config: GeneratorConfig) -> dict[str, 
         rows = []
         for i in range(count):
             text = random_text(rng, config.alphabet, config.length)
-            style = styles[i % len(styles)]
+            style = mixed_style(rng) if config.styles[i % len(styles)] == MIX else styles[i % len(styles)]
             img = render(text, style, rng, config.size)
             name = f"{text}_{i:05d}.png"
             cv2.imwrite(str(split_dir / name), img)

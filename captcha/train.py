@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from captcha import checkpoint as ckpt
 from captcha import distributed as dist
+from captcha import pretrained
 from captcha.alphabet import Alphabet
 from captcha.augment import AUGMENT_LEVELS, augment_batch
 from captcha.constants import DEFAULT_MAX_PARAMS, INPUT_SIZE, NORM_MEAN, NORM_STD
@@ -64,7 +65,7 @@ class TrainConfig:
     input_size: tuple[int, int] = INPUT_SIZE
     skip_bad: bool = False  # leave bad files out with a warning instead of stopping
     cache_dir: str | None = None  # where preprocessed datasets are cached; None = ~/.cache/captchakit
-    init: str | None = None  # checkpoint to start from (fine-tuning); matching tensors are copied
+    init: str | None = "pretrained"  # pretrained (shipped weights when they match) | none | a checkpoint to fine-tune
     eval_batch_size: int = 512
     resume: bool = False  # continue from out/last.pt if it exists
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and GPU
@@ -227,7 +228,8 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25)
+        total = max(total, 4)  # each of the two phases needs at least two steps (tiny runs)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=max(0.25, 2 / total))
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return None
@@ -295,13 +297,19 @@ def prepare_data(config: TrainConfig, data_dir: Path) -> PreparedData:
     return PreparedData(alphabet, length, splits)
 
 
-def _load_init_weights(model: nn.Module, path: str) -> int:
-    """Copy every tensor whose name and shape match from a checkpoint; returns how many."""
-    state = ckpt.load_checkpoint(path)["model_state"]
-    own = model.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(matched, strict=False)
-    return len(matched)
+def _init_weights(model: nn.Module, config: TrainConfig, alphabet: str) -> str:
+    """Start from the shipped pre-trained weights, a given checkpoint, or nothing; says which."""
+    source = config.init
+    if source in (None, "", pretrained.SCRATCH):
+        return "Initialised at random (--init none)"
+    if source == pretrained.PRETRAINED:
+        found = pretrained.find_pretrained(config.model, config.preprocess, config.head)
+        if found is None:
+            return (f"Initialised at random: no shipped pre-trained weights for {config.model} + {config.preprocess} + "
+                    f"{config.head} head (shipped: {', '.join(pretrained.list_pretrained()) or 'none'})")
+        source = str(found)
+    copied = pretrained.transfer_weights(model, source, alphabet, config.head)
+    return f"Initialised {copied} of {len(model.state_dict())} tensors from {source}"
 
 
 @dataclass
@@ -346,10 +354,10 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
         raise ParameterBudgetError(
             f"model {config.model} has {n_params:,} parameters, over the budget of {config.max_params:,} (--max-params)"
         )
-    if config.init and resume_state is None:
-        copied = _load_init_weights(model, config.init)
+    if resume_state is None:
+        message = _init_weights(model, config, data.alphabet.symbols)
         if dist.is_main():
-            log(f"Initialised {copied} tensors from {config.init}")
+            log(message)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -1,0 +1,92 @@
+"""Synthetic pre-training: the mixed style, weight transfer across alphabets, the pretrain command."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import numpy as np
+import pytest
+import torch
+
+from captcha import pretrained
+from captcha.checkpoint import load_checkpoint, make_meta, save_checkpoint
+from captcha.generate import EVAL_STYLES, PRETRAIN_STYLES, STYLES, mixed_style, render
+from captcha.models import create_model
+from captcha.pretrain import PretrainConfig, pretrain
+from captcha.train import TrainConfig, fit
+
+QUIET = {"log": lambda s: None}
+
+
+def test_mixed_style_only_recombines_pretraining_traits():
+    rng = np.random.default_rng(0)
+    held_out_fonts = {f for name in EVAL_STYLES for f in STYLES[name].fonts}
+    seen_fonts = set()
+    for _ in range(200):
+        style = mixed_style(rng)
+        for f in fields(style):
+            if f.name in ("name", "description", "background", "text_color"):
+                continue
+            assert getattr(style, f.name) in {getattr(STYLES[n], f.name) for n in PRETRAIN_STYLES}, f.name
+        seen_fonts |= set(style.fonts)
+        assert not (style.background == "dark") ^ (style.text_color == "light"), "light text only on dark"
+        img = render("aB3x", style, rng)
+        assert img.shape == (50, 130, 3) and img.std() > 5
+    assert not seen_fonts & held_out_fonts
+    assert len(seen_fonts) >= 4  # fonts of several pre-training styles
+
+
+def _checkpoint(tmp_path, alphabet: str, head: str):
+    torch.manual_seed(1)
+    model = create_model("resnet18_mod", num_classes=len(alphabet), length=4, in_channels=1, head=head)
+    meta = make_meta(task="recognition", model_name="resnet18_mod", model_args={"num_classes": len(alphabet), "length": 4, "in_channels": 1, "head": head},
+                     input_size=(50, 130), channels=1, preprocess="gray", mean=0.5, std=0.5, alphabet=alphabet, length=4)
+    return model, save_checkpoint(tmp_path / f"{head}.pt", model, meta)
+
+
+@pytest.mark.parametrize("head", ["attention", "fixed", "ctc"])
+def test_transfer_maps_classifier_rows_by_symbol(tmp_path, head):
+    source, path = _checkpoint(tmp_path, pretrained.PRETRAIN_ALPHABET, head)
+    alphabet = "Zb7"  # a subset, in another order
+    length = 5 if head != "ctc" else 4
+    model = create_model("resnet18_mod", num_classes=len(alphabet), length=length, in_channels=1, head=head)
+    filled = pretrained.transfer_weights(model, path, alphabet, head)
+    assert filled == len(model.state_dict()) - (1 if head == "fixed" else 0) * 2  # fixed: a 5th head (weight, bias) is new
+    src, dst = source.state_dict(), model.state_dict()
+    offset = 1 if head == "ctc" else 0
+    cls = {"attention": "head.classifier.weight", "fixed": "head.heads.0.weight", "ctc": "head.classifier.weight"}[head]
+    for i, ch in enumerate(alphabet):
+        assert torch.equal(dst[cls][i + offset], src[cls][pretrained.PRETRAIN_ALPHABET.index(ch) + offset])
+    if head == "ctc":
+        assert torch.equal(dst[cls][0], src[cls][0])  # the blank
+    if head == "attention":
+        assert torch.equal(dst["head.queries"][:4], src["head.queries"])  # a longer label keeps the learned positions
+    assert torch.equal(dst["backbone.stem.0.weight"], src["backbone.stem.0.weight"])
+
+
+def test_compact_weights_are_half_precision_and_small(tmp_path):
+    _, path = _checkpoint(tmp_path, pretrained.PRETRAIN_ALPHABET, "attention")
+    out = pretrained.save_compact(path, tmp_path / "w.pt")
+    saved = load_checkpoint(out)
+    assert all(v.dtype == torch.float16 for v in saved["model_state"].values() if v.is_floating_point())
+    assert out.stat().st_size < 300_000 and saved["meta"]["alphabet"] == pretrained.PRETRAIN_ALPHABET
+
+
+def test_shipped_weights_load_into_their_model():
+    names = pretrained.list_pretrained()
+    assert names, "captcha/weights/ ships at least one pre-trained file (make it with `captcha pretrain`)"
+    for name in names:
+        path = pretrained.WEIGHTS_DIR / f"{name}.pt"
+        meta = load_checkpoint(path)["meta"]
+        model = create_model(meta["model"]["name"], **meta["model"]["args"])
+        assert pretrained.transfer_weights(model, path, meta["alphabet"], meta["head"]) == len(model.state_dict())
+        assert sum(p.numel() for p in model.parameters()) <= 100_000
+
+
+def test_pretrain_command_writes_weights_that_train_finds(tmp_path, easy_data):
+    out = tmp_path / "w.pt"
+    pretrain(PretrainConfig(images=64, val_images=16, epochs=1, batch_size=32, work_dir=str(tmp_path / "work"), out=str(out)), **QUIET)
+    assert load_checkpoint(out)["meta"]["alphabet"] == pretrained.PRETRAIN_ALPHABET
+    messages = []
+    fit(TrainConfig(data=str(easy_data), out=str(tmp_path / "ft"), epochs=1, preprocess="gray", init=str(out), cache_dir=str(tmp_path / "c")), log=messages.append)
+    assert any(m.startswith("Initialised") and str(out) in m for m in messages)
