@@ -191,6 +191,7 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
     p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
     p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), help=f"default {d.schedule}")
     p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
+    p.add_argument("--ema", type=float, help=f"decay of a moving average of the weights that is validated and saved, e.g. 0.999 (default {d.ema}: off)")
     p.add_argument("--augment", choices=AUGMENT_LEVELS, help=f"random augmentation on the training device (default {d.augment})")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto (CUDA when available)")

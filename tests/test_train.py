@@ -63,7 +63,8 @@ def test_predict_names_a_broken_image(trained_run, tmp_path, capsys):
 
 
 def test_interrupted_run_resumes_to_the_same_result(easy_data, tmp_path):
-    base = dict(data=str(easy_data), epochs=3, cache_dir=str(tmp_path / "cache"), batch_size=128)
+    # with an EMA of the weights, whose state must survive the interruption too
+    base = dict(data=str(easy_data), epochs=3, cache_dir=str(tmp_path / "cache"), batch_size=128, ema=0.9)
     fit(TrainConfig(out=str(tmp_path / "whole"), **base), **QUIET)
 
     def interrupt(epoch, row):
@@ -80,6 +81,8 @@ def test_interrupted_run_resumes_to_the_same_result(easy_data, tmp_path):
     assert cut["epoch"] == 3 and len(cut["history"]) == len(whole["history"])
     for key, value in whole["model_state"].items():
         assert torch.allclose(value.float(), cut["model_state"][key].float(), atol=1e-5), key
+    for key, value in whole["ema"].items():
+        assert torch.allclose(value.float(), cut["ema"][key].float(), atol=1e-5), key
 
 
 def test_parameter_budget_is_enforced_before_training(easy_data, tmp_path, capsys):
