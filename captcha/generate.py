@@ -180,8 +180,6 @@ def mixed_style(rng: np.random.Generator, names: tuple[str, ...] = PRETRAIN_STYL
 
 
 def get_style(name: str) -> Style:
-    if name == MIX:
-        return STYLES[PRETRAIN_STYLES[0]]  # validated here; drawn anew per image by `mixed_style`
     try:
         return STYLES[name]
     except KeyError:
@@ -338,7 +336,7 @@ def generate_dataset(out_dir: str | Path, config: GeneratorConfig) -> dict[str, 
     Each split has its own seed stream, so changing one split's size leaves the others unchanged.
     """
     out_dir = Path(out_dir)
-    styles = [get_style(s) for s in config.styles]
+    styles = [None if s == MIX else get_style(s) for s in config.styles]  # None: a new mixed style per image
     counts = {}
     for split_index, (split, count) in enumerate(config.splits.items()):
         split_dir = out_dir / split
@@ -347,7 +345,7 @@ def generate_dataset(out_dir: str | Path, config: GeneratorConfig) -> dict[str, 
         rows = []
         for i in range(count):
             text = random_text(rng, config.alphabet, config.length)
-            style = mixed_style(rng) if config.styles[i % len(styles)] == MIX else styles[i % len(styles)]
+            style = styles[i % len(styles)] or mixed_style(rng)
             img = render(text, style, rng, config.size)
             name = f"{text}_{i:05d}.png"
             cv2.imwrite(str(split_dir / name), img)
