@@ -31,9 +31,13 @@ def weights_name(model: str, preprocess: str, head: str) -> str:
 
 
 def find_pretrained(model: str, preprocess: str, head: str) -> Path | None:
-    """The shipped weights file for this combination, or None."""
+    """The shipped weights for this combination; else those of the same model and preprocessor
+    with another head (the backbone and the per-symbol classifier rows still transfer); else None."""
     path = WEIGHTS_DIR / weights_name(model, preprocess, head)
-    return path if path.exists() else None
+    if path.exists():
+        return path
+    others = sorted(WEIGHTS_DIR.glob(weights_name(model, preprocess, "*")))
+    return others[0] if others else None
 
 
 def list_pretrained() -> list[str]:
@@ -59,16 +63,18 @@ def _class_rows(symbols: str, offset: int) -> dict[str, int]:
 def transfer_weights(model: nn.Module, source: str | Path, alphabet: str, head: str) -> int:
     """Copy what fits from checkpoint `source` into `model`; returns how many tensors were filled.
 
-    - same name and shape: copied;
-    - a class dimension (first axis = the source's alphabet, plus a blank row for CTC): copied
-      row by row for every symbol both alphabets share; new symbols keep their random rows;
+    - a class dimension (first axis = the source's alphabet, plus a blank row for a CTC head):
+      copied row by row for every symbol both alphabets share, whatever either head is; new
+      symbols (and a new CTC blank) keep their random rows;
+    - otherwise same name and shape: copied;
     - another first-axis mismatch (e.g. attention queries for a longer label): the shared rows.
     """
     saved = ckpt.load_checkpoint(source)
     src_state, src_meta = saved["model_state"], saved["meta"]
     src_alphabet = src_meta.get("alphabet") or ""
-    offset = 1 if head == "ctc" else 0
-    src_rows, dst_rows = _class_rows(src_alphabet, offset), _class_rows(alphabet, offset)
+    offset = 1 if head == "ctc" else 0  # the CTC blank is row 0
+    src_offset = 1 if src_meta.get("head") == "ctc" else 0
+    src_rows, dst_rows = _class_rows(src_alphabet, src_offset), _class_rows(alphabet, offset)
     own = model.state_dict()
     filled = {}
     for name, target in own.items():
@@ -76,18 +82,23 @@ def transfer_weights(model: nn.Module, source: str | Path, alphabet: str, head: 
         if value is None or value.ndim != target.ndim:
             continue
         value = value.to(target.dtype)
-        if value.shape == target.shape:
-            filled[name] = value
-        elif value.shape[1:] == target.shape[1:]:
-            new = target.clone()
-            if value.shape[0] == len(src_alphabet) + offset and target.shape[0] == len(alphabet) + offset:
-                new[:offset] = value[:offset]
-                for ch, row in dst_rows.items():
-                    if ch in src_rows:
-                        new[row] = value[src_rows[ch]]
-            else:
-                n = min(value.shape[0], target.shape[0])
-                new[:n] = value[:n]
-            filled[name] = new
+        if value.ndim == 0 or value.shape[1:] != target.shape[1:]:
+            if value.shape == target.shape:
+                filled[name] = value
+            continue
+        new = target.clone()
+        if value.shape[0] == len(src_alphabet) + src_offset and target.shape[0] == len(alphabet) + offset:
+            # Checked before an equal shape: the same number of symbols may come in another order.
+            if offset and src_offset:
+                new[0] = value[0]
+            for ch, row in dst_rows.items():
+                if ch in src_rows:
+                    new[row] = value[src_rows[ch]]
+        elif value.shape == target.shape:
+            new = value
+        else:
+            n = min(value.shape[0], target.shape[0])
+            new[:n] = value[:n]
+        filled[name] = new
     model.load_state_dict(filled, strict=False)
     return len(filled)

@@ -26,6 +26,18 @@ def test_resnet18_mod_stays_under_the_budget_up_to_62_symbols(head):
     assert _count("resnet18_mod", 62, 3, head=head) <= 100_000 or head == "fixed"
 
 
+@pytest.mark.parametrize("head", ["fixed", "attention", "ctc"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sepnet_stays_under_100k_parameters_up_to_62_symbols(head, channels):
+    assert _count("sepnet", 62, channels, head=head) <= 100_000
+
+
+def test_sepnet_keeps_columns_for_the_position_aware_heads():
+    body = create_model("sepnet", num_classes=36, in_channels=1, head="attention").backbone
+    features = body(torch.zeros(1, 1, 50, 130))
+    assert features.shape[1] == body.out_features and features.shape[3] >= 30  # 33 columns for 4 characters
+
+
 @pytest.mark.parametrize("name", list_models("recognition"))
 @pytest.mark.parametrize("head", ["fixed", "attention"])
 def test_every_model_gives_one_logit_row_per_character(name, head):

@@ -104,3 +104,24 @@ def test_shipped_weights_learn_an_unseen_style_faster_than_scratch(tmp_path):
         result = fit(TrainConfig(data=str(data), out=str(tmp_path / init), epochs=4, init=init, cache_dir=str(tmp_path / "c")), **QUIET)
         scores[init] = sum(result.val["per_char_accuracy"]) / 4
     assert scores["pretrained"] > scores["none"] + 0.2, scores
+
+
+def test_transfer_across_heads_and_reordered_alphabets_maps_rows_by_symbol(tmp_path):
+    """Attention weights into a CTC model (blank row first), and into an alphabet of the same
+    size in another order: every row lands on its own symbol, not on its old index."""
+    source, path = _checkpoint(tmp_path, pretrained.PRETRAIN_ALPHABET, "attention")
+    src = source.state_dict()["head.classifier.weight"]
+    ctc = create_model("resnet18_mod", num_classes=3, length=4, in_channels=1, head="ctc")
+    pretrained.transfer_weights(ctc, path, "Zb7", "ctc")
+    for i, ch in enumerate("Zb7"):
+        assert torch.equal(ctc.state_dict()["head.classifier.weight"][i + 1], src[pretrained.PRETRAIN_ALPHABET.index(ch)])
+    reordered = pretrained.PRETRAIN_ALPHABET[::-1]
+    model = create_model("resnet18_mod", num_classes=62, length=4, in_channels=1, head="attention")
+    pretrained.transfer_weights(model, path, reordered, "attention")
+    assert torch.equal(model.state_dict()["head.classifier.weight"][0], src[61])
+
+
+def test_a_head_without_its_own_weights_starts_from_the_model_s_other_weights():
+    found = pretrained.find_pretrained("sepnet", "gray", "ctc")
+    assert found is not None and found.name.startswith("sepnet-gray-")
+    assert pretrained.find_pretrained("sepnet", "denoise", "ctc") is None
