@@ -204,6 +204,10 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
     p.add_argument("--cache-dir", help="where preprocessed datasets are cached (default ~/.cache/captchakit)")
     p.add_argument("--init", help="pretrained: the shipped synthetic pre-training weights when they match model, preprocessor and head; "
                    "none: random; or a checkpoint/run to fine-tune (default pretrained)")
+    p.add_argument("--unlabeled", help="folder of unlabeled images of the same style: pseudo-labeled during training "
+                   "(from a third of the epochs on) and added to every batch")
+    p.add_argument("--pseudo-threshold", type=float, help=f"use a pseudo-label only when every character's probability "
+                   f"reaches this (default {d.pseudo_threshold})")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory layout (default on)")
 
 

@@ -1,0 +1,63 @@
+"""Pseudo-labeling (`--unlabeled DIR`): confident readings of unlabeled images join training."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn as nn
+
+from captcha.data import DataError
+from captcha.train import TrainConfig, fit, load_unlabeled, pseudo_label
+
+
+class _FixedLogits(nn.Module):
+    """Returns preset logits, one row per input image, whatever the image."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = nn.Parameter(logits, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits[: x.shape[0]]
+
+
+def test_only_readings_confident_in_every_character_are_kept():
+    sure, unsure = 10.0, 0.5
+    logits = torch.zeros(3, 2, 3)  # 3 images, 2 characters, alphabet "abc"
+    logits[0, 0, 1] = logits[0, 1, 2] = sure  # "bc", both characters sure
+    logits[1, 0, 0] = sure  # "a?", second character a near tie
+    logits[1, 1, 2] = unsure
+    logits[2, 0, 2] = logits[2, 1, 0] = sure  # "ca"
+    images = torch.arange(3, dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 1, 4, 4).clone()
+    kept, targets = pseudo_label(_FixedLogits(logits), images, "abc", "attention", width=2, threshold=0.9)
+    assert kept[:, 0, 0, 0].tolist() == [0, 2]  # the right images, in order
+    assert targets.tolist() == [[1, 2], [2, 0]]
+
+
+def test_unlabeled_folder_errors_name_the_folder_and_the_bad_file(tmp_path, easy_data):
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_unlabeled(TrainConfig(unlabeled=str(tmp_path / "nope")))
+    folder = tmp_path / "unlabeled" / "deeper"
+    folder.mkdir(parents=True)
+    for p in sorted((easy_data / "test").glob("*.png"))[:3]:
+        shutil.copy(p, folder / f"img{p.stem[-3:]}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="broken.png"):
+        load_unlabeled(TrainConfig(unlabeled=str(tmp_path / "unlabeled"), cache_dir=str(tmp_path / "c")))
+    images = load_unlabeled(TrainConfig(unlabeled=str(tmp_path / "unlabeled"), cache_dir=str(tmp_path / "c"), skip_bad=True))
+    assert images.shape == (3, 1, 50, 130) and images.dtype == torch.uint8
+
+
+def test_training_with_unlabeled_images_adds_pseudo_labels(trained_run, easy_data, tmp_path):
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    for i, p in enumerate(sorted((easy_data / "test").glob("*.png"))):
+        shutil.copy(p, unlabeled / f"{i}.png")  # no label in the name
+    messages: list[str] = []
+    result = fit(TrainConfig(data=str(easy_data), out=str(tmp_path / "run"), epochs=3, init=str(trained_run),
+                             unlabeled=str(unlabeled), pseudo_threshold=0.5, cache_dir=str(tmp_path / "c")), log=messages.append)
+    counts = [int(m.split(": ")[1].split(" of ")[0]) for m in messages if m.startswith("Pseudo-labels for epoch")]
+    assert counts and counts[0] > 50, messages  # the fine-tuned start reads most of the 100 images confidently
+    assert result.test["sequence_accuracy"] > 0.4
