@@ -1,6 +1,7 @@
 """Accuracy on CAPTCHA styles the project never trained on, default recipe vs the plain baseline.
 
-    python benchmarks/accuracy.py [--styles eval-plain eval-scriptc eval-lines]
+    python benchmarks/accuracy.py [--styles eval-plain eval-scriptc eval-lines] [--unlabeled 8000]
+                                  [--grid [--grid-epochs N]]
 
 For each held-out evaluation style (`captcha.generate.EVAL_STYLES`: fonts, colours, distortion
 and noise unlike every pre-training style) it draws 4000 train / 1000 val / 3000 test images
@@ -9,8 +10,13 @@ with 36 symbols and trains:
   synthetic pre-training weights, which never saw these styles);
 - the plain course recipe: resnet18_mod with pooled (fixed) heads, no augmentation, no
   pre-training, 25 epochs.
-It prints parameters, per-character and whole-string test accuracy and training time side by
-side, naming the machine. The R1 grid (models x preprocessors) is `captcha sweep`.
+With `--unlabeled N` it also draws N unlabeled images of each style and trains the default
+recipe plus `--unlabeled` (pseudo-labeling). It prints parameters, per-character and whole-string
+test accuracy and training time side by side, naming the machine.
+
+`--grid` adds the R1 grid (every recognizer x every preprocessor, `captcha.sweep`) with the
+default recipe on the built-in course-style set; `--grid-epochs` shortens it (the 11M-12M
+parameter course models take minutes per epoch on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import string
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,9 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe  # noqa: E402
 
 from captcha.generate import EVAL_STYLES, GeneratorConfig, generate_dataset  # noqa: E402
-from captcha.train import TrainConfig, fit  # noqa: E402
+from captcha.models import list_models  # noqa: E402
+from captcha.preprocess import list_preprocessors  # noqa: E402
+from captcha.sweep import markdown_table, run_sweep  # noqa: E402
+from captcha.train import TrainConfig, default_data_dir, fit  # noqa: E402
 
 ALPHABET_36 = string.digits + string.ascii_lowercase
+DENSE_MODELS = ("baseline", "simplecnn")  # end in a dense layer: fixed heads only
 RECIPES = {
     "default recipe": {},
     "plain (fixed heads, no augmentation, 25 epochs)": {
@@ -42,27 +53,50 @@ def main() -> None:
     parser.add_argument("--styles", nargs="+", default=list(EVAL_STYLES))
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--unlabeled", type=int, default=0, help="also train with this many unlabeled images (pseudo-labels)")
+    parser.add_argument("--grid", action="store_true", help="also run the R1 grid at the default recipe")
+    parser.add_argument("--grid-epochs", type=int, default=None, help="epochs per grid cell (default: the default recipe's)")
+    parser.add_argument("--no-styles", action="store_true", help="skip the evaluation styles (with --grid)")
     args = parser.parse_args()
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for style in args.styles:
+        for style in [] if args.no_styles else args.styles:
             data = Path(tmp) / style
-            generate_dataset(data, GeneratorConfig(alphabet=ALPHABET_36, styles=(style,), seed=123,
-                                                   splits={"train": args.train, "val": 1000, "test": 3000}))
-            for recipe, overrides in RECIPES.items():
+            splits = {"train": args.train, "val": 1000, "test": 3000}
+            if args.unlabeled:
+                splits["unlabeled"] = args.unlabeled  # a folder the loader does not read as a split
+            generate_dataset(data, GeneratorConfig(alphabet=ALPHABET_36, styles=(style,), seed=123, splits=splits))
+            recipes = dict(RECIPES)
+            if args.unlabeled:
+                recipes[f"default + {args.unlabeled} unlabeled (pseudo-labels)"] = {"unlabeled": str(data / "unlabeled")}
+            for recipe, overrides in recipes.items():
                 config = TrainConfig(data=str(data), out=f"{tmp}/{style}-{len(rows)}",
                                      device=args.device, cache_dir=f"{tmp}/cache", **overrides)
                 result = fit(config, log=lambda s: None)
                 rows.append((style, recipe, result))
                 print(f"done: {style} / {recipe}: {result.test['sequence_accuracy'] * 100:.2f}%", file=sys.stderr)
 
-    print(f"\nMachine: {describe()}; {args.train} train / 1000 val / 3000 test per style, 36 symbols\n")
-    print("| style | recipe | params | per-char test accuracy | whole-string | train time |")
-    print("|---|---|---:|---|---:|---:|")
-    for style, recipe, r in rows:
-        chars = " / ".join(f"{a * 100:.1f}" for a in r.test["per_char_accuracy"])
-        print(f"| {style} | {recipe} | {r.parameters:,} | {chars} | {r.test['sequence_accuracy'] * 100:.2f}% | {r.train_seconds:.0f} s |")
+        grid = []
+        if args.grid:
+            base = TrainConfig(data=str(default_data_dir(f"{tmp}/cache")), device=args.device, cache_dir=f"{tmp}/cache")
+            if args.grid_epochs:
+                base.epochs = args.grid_epochs
+            dense = [m for m in list_models("recognition") if m in DENSE_MODELS]  # no columns: pooled heads only
+            grid = run_sweep(base, [m for m in list_models("recognition") if m not in dense], list_preprocessors(), f"{tmp}/grid", log=lambda s: None)
+            grid += run_sweep(replace(base, head="fixed"), dense, list_preprocessors(), f"{tmp}/grid-dense", log=lambda s: None)
+
+    print(f"\nMachine: {describe()}")
+    if rows:
+        print(f"\n{args.train} train / 1000 val / 3000 test per style, 36 symbols\n")
+        print("| style | recipe | params | per-char test accuracy | whole-string | train time |")
+        print("|---|---|---:|---|---:|---:|")
+        for style, recipe, r in rows:
+            chars = " / ".join(f"{a * 100:.1f}" for a in r.test["per_char_accuracy"])
+            print(f"| {style} | {recipe} | {r.parameters:,} | {chars} | {r.test['sequence_accuracy'] * 100:.2f}% | {r.train_seconds:.0f} s |")
+    if grid:
+        print(f"\nR1 grid, default recipe at {base.epochs} epochs, built-in course-style set (4000/1000/3000, 19 symbols)\n")
+        print(markdown_table(grid), end="")
 
 
 if __name__ == "__main__":
