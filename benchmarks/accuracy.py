@@ -9,7 +9,7 @@ with 36 symbols and trains:
 - the default recipe (`captcha train --data DIR`, no other flags: fine-tuned from the shipped
   synthetic pre-training weights, which never saw these styles);
 - the plain course recipe: resnet18_mod with pooled (fixed) heads, no augmentation, no
-  pre-training, 25 epochs.
+  pre-training, 25 epochs (`--recipes` picks some of these by number).
 With `--unlabeled N` it also draws N unlabeled images of each style and trains the default
 recipe plus `--unlabeled` (pseudo-labeling). It prints parameters, per-character and whole-string
 test accuracy and training time side by side, naming the machine.
@@ -42,8 +42,8 @@ ALPHABET_36 = string.digits + string.ascii_lowercase
 DENSE_MODELS = ("baseline", "simplecnn")  # end in a dense layer: fixed heads only
 RECIPES = {
     "default recipe": {},
-    "plain (fixed heads, no augmentation, 25 epochs)": {
-        "head": "fixed", "augment": "none", "schedule": "constant", "lr": 1e-3, "optimizer": "adam", "epochs": 25, "init": "none",
+    "plain resnet18_mod (fixed heads, no augmentation, 25 epochs)": {
+        "model": "resnet18_mod", "head": "fixed", "augment": "none", "schedule": "constant", "lr": 1e-3, "optimizer": "adam", "epochs": 25, "init": "none",
     },
 }
 
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true", help="also run the R1 grid at the default recipe")
     parser.add_argument("--grid-epochs", type=int, default=None, help="epochs per grid cell (default: the default recipe's)")
     parser.add_argument("--no-styles", action="store_true", help="skip the evaluation styles (with --grid)")
+    parser.add_argument("--recipes", type=int, nargs="+", help="run only these recipes (0: default, 1: plain, 2: unlabeled)")
     args = parser.parse_args()
 
     rows = []
@@ -70,7 +71,9 @@ def main() -> None:
             recipes = dict(RECIPES)
             if args.unlabeled:
                 recipes[f"default + {args.unlabeled} unlabeled (pseudo-labels)"] = {"unlabeled": str(data / "unlabeled")}
-            for recipe, overrides in recipes.items():
+            for number, (recipe, overrides) in enumerate(recipes.items()):
+                if args.recipes is not None and number not in args.recipes:
+                    continue
                 config = TrainConfig(data=str(data), out=f"{tmp}/{style}-{len(rows)}",
                                      device=args.device, cache_dir=f"{tmp}/cache", **overrides)
                 result = fit(config, log=lambda s: None)
