@@ -56,6 +56,9 @@ def save_compact(checkpoint_path: str | Path, out: str | Path) -> Path:
     return out
 
 
+_CLASSIFIER_PREFIXES = ("head.classifier.", "head.heads.")  # tensors whose first axis is the symbols
+
+
 def _class_rows(symbols: str, offset: int) -> dict[str, int]:
     return {ch: i + offset for i, ch in enumerate(symbols)}
 
@@ -87,7 +90,7 @@ def transfer_weights(model: nn.Module, source: str | Path, alphabet: str, head: 
                 filled[name] = value
             continue
         new = target.clone()
-        if value.shape[0] == len(src_alphabet) + src_offset and target.shape[0] == len(alphabet) + offset:
+        if name.startswith(_CLASSIFIER_PREFIXES) and value.shape[0] == len(src_alphabet) + src_offset and target.shape[0] == len(alphabet) + offset:
             # Checked before an equal shape: the same number of symbols may come in another order.
             if offset and src_offset:
                 new[0] = value[0]

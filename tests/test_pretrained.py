@@ -125,3 +125,15 @@ def test_a_head_without_its_own_weights_starts_from_the_model_s_other_weights():
     found = pretrained.find_pretrained("sepnet", "gray", "ctc")
     assert found is not None and found.name.startswith("sepnet-gray-")
     assert pretrained.find_pretrained("sepnet", "denoise", "ctc") is None
+
+
+def test_only_classifier_rows_are_remapped_by_symbol(tmp_path):
+    """A 16-symbol checkpoint has 16-channel backbone tensors too: those are copied as they are."""
+    symbols = "0123456789abcdef"
+    source, path = _checkpoint(tmp_path, symbols, "attention")
+    model = create_model("resnet18_mod", num_classes=16, length=4, in_channels=1, head="attention")
+    pretrained.transfer_weights(model, path, symbols[::-1], "attention")
+    src, dst = source.state_dict(), model.state_dict()
+    assert torch.equal(dst["backbone.stem.0.weight"], src["backbone.stem.0.weight"])  # 16 output channels
+    assert torch.equal(dst["head.queries"], src["head.queries"])
+    assert torch.equal(dst["head.classifier.weight"][0], src["head.classifier.weight"][15])
