@@ -33,13 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe  # noqa: E402
 
 from captcha.generate import EVAL_STYLES, GeneratorConfig, generate_dataset  # noqa: E402
-from captcha.models import list_models  # noqa: E402
+from captcha.models import list_models, supports_head  # noqa: E402
 from captcha.preprocess import list_preprocessors  # noqa: E402
 from captcha.sweep import markdown_table, run_sweep  # noqa: E402
 from captcha.train import TrainConfig, default_data_dir, fit  # noqa: E402
 
 ALPHABET_36 = string.digits + string.ascii_lowercase
-DENSE_MODELS = ("baseline", "simplecnn")  # end in a dense layer: fixed heads only
 RECIPES = {
     "default recipe": {},
     "plain resnet18_mod (fixed heads, no augmentation, 25 epochs)": {
@@ -85,9 +84,10 @@ def main() -> None:
             base = TrainConfig(data=str(default_data_dir(f"{tmp}/cache")), device=args.device, cache_dir=f"{tmp}/cache")
             if args.grid_epochs:
                 base.epochs = args.grid_epochs
-            dense = [m for m in list_models("recognition") if m in DENSE_MODELS]  # no columns: pooled heads only
-            grid = run_sweep(base, [m for m in list_models("recognition") if m not in dense], list_preprocessors(), f"{tmp}/grid", log=lambda s: None)
-            grid += run_sweep(replace(base, head="fixed"), dense, list_preprocessors(), f"{tmp}/grid-dense", log=lambda s: None)
+            models = list_models("recognition")
+            fixed_only = [m for m in models if not supports_head(m, base.head)]  # dense models: pooled heads only
+            grid = run_sweep(base, [m for m in models if m not in fixed_only], list_preprocessors(), f"{tmp}/grid", log=lambda s: None)
+            grid += run_sweep(replace(base, head="fixed"), fixed_only, list_preprocessors(), f"{tmp}/grid-dense", log=lambda s: None)
 
     print(f"\nMachine: {describe()}")
     if rows:

@@ -13,11 +13,6 @@ from captcha.models._heads import Recognizer, make_head
 from captcha.models._registry import register_model
 
 
-def _only_fixed(name: str, head: str) -> None:
-    if head != "fixed":
-        raise ValueError(f"{name} ends in a dense layer, so it supports only --head fixed, not {head!r}")
-
-
 def _conv_stack(in_channels: int, widths: tuple[int, ...]) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for width in widths:
@@ -45,17 +40,15 @@ class DenseBody(nn.Module):
         return self.body(x)
 
 
-@register_model
+@register_model(heads=("fixed",))  # ends in a dense layer: no feature columns for attention or CTC
 def baseline(num_classes: int, length: int = 4, in_channels: int = 3, head: str = "fixed") -> Recognizer:
     """The course baseline: three conv layers, a 768-unit dense layer (~4.8M parameters)."""
-    _only_fixed("baseline", head)
     body = DenseBody(in_channels, (32, 64, 64), 768, dropout=0.3)
     return Recognizer(body, make_head(head, body.out_features, num_classes, length))
 
 
-@register_model
+@register_model(heads=("fixed",))
 def simplecnn(num_classes: int, length: int = 4, in_channels: int = 3, head: str = "fixed") -> Recognizer:
     """A few conv layers and a large 1024-unit dense layer (~12.7M parameters)."""
-    _only_fixed("simplecnn", head)
     body = DenseBody(in_channels, (32, 64, 128), 1024, dropout=0.0)
     return Recognizer(body, make_head(head, body.out_features, num_classes, length))
