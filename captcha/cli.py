@@ -62,7 +62,9 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     rows, labels = [], []
     for s in samples:
         image = read_image(s.path)
-        rows.append([cv2.resize(image, (size[1], size[0]))] + [get_preprocessor(n)(image, size) for n in names])
+        shown = [get_preprocessor(n)(image, size) for n in names]
+        shown = [cv2.cvtColor(a, cv2.COLOR_RGB2BGR) if a.ndim == 3 and a.shape[2] == 3 else a for a in shown]  # RGB model input
+        rows.append([cv2.resize(image, (size[1], size[0]))] + shown)
         labels.append(s.label)
     grid = image_grid(rows, labels)
     header = image_grid([[_header_cell(n, size) for n in ["input"] + names]], [""])

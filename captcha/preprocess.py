@@ -1,7 +1,7 @@
 """OpenCV preprocessors, registered by name.
 
 A preprocessor turns a decoded image (uint8 BGR, any size) into a uint8 H x W x K array at the
-model's input size (K = 1 or 3). It is deterministic, so datasets cache its output; `normalize`
+model's input size (K = 1, or 3 in RGB order). It is deterministic, so datasets cache its output; `normalize`
 then turns it into the float32 K x H x W tensor a model reads. Training, evaluation, prediction
 and the server all call `preprocess` (or these two halves), so they see identical inputs.
 """

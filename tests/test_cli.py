@@ -27,6 +27,21 @@ def test_generate_and_preview(tmp_path, capsys):
     assert grid is not None and grid.shape[0] > 3 * 50
 
 
+def test_preview_shows_colours_as_they_are(tmp_path):
+    """The `original` preprocessor hands the model RGB; the preview must still draw red as red."""
+    import cv2
+    import numpy as np
+
+    (tmp_path / "d").mkdir()
+    red = np.zeros((50, 130, 3), np.uint8)
+    red[:, :, 2] = 255  # BGR red
+    cv2.imwrite(str(tmp_path / "d" / "abcd_0.png"), red)
+    assert main(["preview", str(tmp_path / "d"), "--preprocess", "original", "--out", str(tmp_path / "grid.png")]) == 0
+    grid = cv2.imread(str(tmp_path / "grid.png")).reshape(-1, 3).astype(int)
+    assert ((grid[:, 2] > 200) & (grid[:, 0] < 50)).sum() > 2 * 50 * 130 * 3  # input and original columns, at 2x
+    assert not ((grid[:, 0] > 200) & (grid[:, 2] < 50)).any()  # nothing turned blue
+
+
 def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     assert "no such data folder" in capsys.readouterr().err
