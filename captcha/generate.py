@@ -57,6 +57,8 @@ class Style:
     dot_color: str = "random"  # random | text
     blur: float = 0.0  # Gaussian sigma at final resolution
     extra_lines: tuple[int, int] = (0, 0)  # straight distractor lines
+    glyph_aspect: tuple[float, float] = (1.0, 1.0)  # horizontal stretch per character: narrower or wider faces
+    glyph_elastic: float = 0.0  # smooth random displacement of each glyph's strokes, fraction of its size
     description: str = ""
 
 
@@ -166,6 +168,11 @@ STYLES: dict[str, Style] = {
 PRETRAIN_STYLES = ("course", "bold", "script", "dense", "inverse")
 EVAL_STYLES = ("eval-plain", "eval-scriptc", "eval-lines")
 MIX = "mix"  # pseudo-style: every image recombines the pre-training styles' traits
+# Letter-shape variety that only the `mix` pseudo-style draws (a value per image, uniformly in these
+# ranges): every glyph of the five pre-training faces is stretched and elastically bent, so
+# pre-training sees many more letter shapes than five Hershey fonts, yet never a held-out font.
+# Named styles, the evaluation styles among them, keep the no-op defaults.
+MIX_VARIETY = {"glyph_aspect": (0.7, 1.35), "glyph_elastic": (0.0, 0.25)}
 
 
 def mixed_style(rng: np.random.Generator, names: tuple[str, ...] = PRETRAIN_STYLES) -> Style:
@@ -173,9 +180,13 @@ def mixed_style(rng: np.random.Generator, names: tuple[str, ...] = PRETRAIN_STYL
     of `names`. Pre-training sees many more combinations than five styles, yet never a font,
     colour scheme or noise kind that only the evaluation styles have."""
     sources = [STYLES[n] for n in names]
-    traits = {f.name: getattr(sources[int(rng.integers(len(sources)))], f.name) for f in fields(Style) if f.name not in ("name", "description")}
+    traits = {f.name: getattr(sources[int(rng.integers(len(sources)))], f.name) for f in fields(Style) if f.name not in ("name", "description", *MIX_VARIETY)}
     if traits["background"] == "dark" or traits["text_color"] == "light":  # keep contrast: light on dark only
         traits["background"], traits["text_color"] = "dark", "light"
+    low, high = MIX_VARIETY["glyph_aspect"]
+    a, b = sorted(rng.uniform(low, high, 2))
+    traits["glyph_aspect"] = (float(a), float(b))
+    traits["glyph_elastic"] = float(rng.uniform(*MIX_VARIETY["glyph_elastic"]))
     return replace(sources[0], name=MIX, description="", **traits)
 
 
@@ -224,6 +235,8 @@ def _glyph(rng: np.random.Generator, style: Style, ch: str, height: int) -> np.n
     size = max(tw, th + base) + 2 * pad
     canvas = np.zeros((size, size), np.uint8)
     cv2.putText(canvas, ch, ((size - tw) // 2, (size + th) // 2), font, scale, 255, thickness, cv2.LINE_AA)
+    if style.glyph_elastic > 0:
+        canvas = _elastic(rng, canvas, style.glyph_elastic * target)
     angle = rng.uniform(-style.rotation, style.rotation)
     matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1.0)
     matrix[0, 1] += rng.uniform(-style.shear, style.shear)
@@ -231,7 +244,23 @@ def _glyph(rng: np.random.Generator, style: Style, ch: str, height: int) -> np.n
     ys, xs = np.nonzero(canvas > 20)
     if len(xs) == 0:
         return np.zeros((1, 1), np.float32)
-    return canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32) / 255.0
+    glyph = canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    if style.glyph_aspect != (1.0, 1.0):
+        width = max(1, round(glyph.shape[1] * rng.uniform(*style.glyph_aspect)))
+        glyph = cv2.resize(glyph, (width, glyph.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return glyph.astype(np.float32) / 255.0
+
+
+def _elastic(rng: np.random.Generator, mask: np.ndarray, amplitude: float) -> np.ndarray:
+    """Bend a glyph's strokes: a smooth random displacement field of at most `amplitude` pixels."""
+    size = mask.shape[0]
+    sigma = max(size / 6, 1.0)
+    shift = []
+    for _ in range(2):
+        noise = cv2.GaussianBlur(rng.uniform(-1, 1, mask.shape).astype(np.float32), (0, 0), sigma)
+        shift.append(noise * (amplitude / max(float(np.abs(noise).max()), 1e-6)))
+    xs, ys = np.meshgrid(np.arange(mask.shape[1], dtype=np.float32), np.arange(size, dtype=np.float32))
+    return cv2.remap(mask, xs + shift[0], ys + shift[1], cv2.INTER_LINEAR, borderValue=0)
 
 
 def _paint(img: np.ndarray, mask: np.ndarray, x: int, y: int, color: tuple[int, int, int]) -> None:

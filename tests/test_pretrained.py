@@ -10,7 +10,7 @@ import torch
 
 from captcha import pretrained
 from captcha.checkpoint import load_checkpoint, make_meta, save_checkpoint
-from captcha.generate import EVAL_STYLES, PRETRAIN_STYLES, STYLES, mixed_style, render
+from captcha.generate import EVAL_STYLES, MIX_VARIETY, PRETRAIN_STYLES, STYLES, Style, mixed_style, render
 from captcha.models import create_model
 from captcha.pretrain import PretrainConfig, pretrain
 from captcha.train import TrainConfig, fit
@@ -25,15 +25,33 @@ def test_mixed_style_only_recombines_pretraining_traits():
     for _ in range(200):
         style = mixed_style(rng)
         for f in fields(style):
-            if f.name in ("name", "description", "background", "text_color"):
+            if f.name in ("name", "description", "background", "text_color", *MIX_VARIETY):
                 continue
             assert getattr(style, f.name) in {getattr(STYLES[n], f.name) for n in PRETRAIN_STYLES}, f.name
+        low, high = MIX_VARIETY["glyph_aspect"]
+        assert low <= style.glyph_aspect[0] <= style.glyph_aspect[1] <= high
+        assert MIX_VARIETY["glyph_elastic"][0] <= style.glyph_elastic <= MIX_VARIETY["glyph_elastic"][1]
         seen_fonts |= set(style.fonts)
         assert not (style.background == "dark") ^ (style.text_color == "light"), "light text only on dark"
         img = render("aB3x", style, rng)
         assert img.shape == (50, 130, 3) and img.std() > 5
     assert not seen_fonts & held_out_fonts
     assert len(seen_fonts) >= 4  # fonts of several pre-training styles
+
+
+def test_letter_shape_variety_is_for_pretraining_only():
+    """Named styles (the evaluation styles among them) keep the no-op defaults, so their images
+    are exactly what they were before the variety existed; the mix bends and stretches glyphs."""
+    for style in STYLES.values():
+        for name in MIX_VARIETY:
+            assert getattr(style, name) == getattr(Style, name), (style.name, name)
+    plain = Style("t", fonts=STYLES["course"].fonts, curves=(0, 0), dots=(0, 0))
+    varied = Style("t", fonts=STYLES["course"].fonts, curves=(0, 0), dots=(0, 0), glyph_aspect=(1.3, 1.3), glyph_elastic=0.2)
+    a = render("mw5k", plain, np.random.default_rng(3))
+    b = render("mw5k", varied, np.random.default_rng(3))
+    assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() > 1
+    ink = lambda img: (img.min(axis=2) < 150).any(axis=0).sum()  # noqa: E731  columns with text
+    assert ink(b) > ink(a)  # stretched glyphs take more columns
 
 
 def _checkpoint(tmp_path, alphabet: str, head: str):
