@@ -177,8 +177,9 @@ MIX_VARIETY = {"glyph_aspect": (0.7, 1.35), "glyph_elastic": (0.0, 0.25)}
 
 def mixed_style(rng: np.random.Generator, names: tuple[str, ...] = PRETRAIN_STYLES) -> Style:
     """A new style per call: each trait (font, colours, distortion, noise) comes from a random one
-    of `names`. Pre-training sees many more combinations than five styles, yet never a font,
-    colour scheme or noise kind that only the evaluation styles have."""
+    of `names`, and the letter-shape variety (`MIX_VARIETY`) is drawn afresh. Pre-training sees
+    many more combinations than five styles, yet never a font, colour scheme or noise kind that
+    only the evaluation styles have."""
     sources = [STYLES[n] for n in names]
     traits = {f.name: getattr(sources[int(rng.integers(len(sources)))], f.name) for f in fields(Style) if f.name not in ("name", "description", *MIX_VARIETY)}
     if traits["background"] == "dark" or traits["text_color"] == "light":  # keep contrast: light on dark only

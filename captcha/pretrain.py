@@ -1,9 +1,10 @@
 """`captcha pretrain`: make the shipped synthetic pre-training weights, reproducibly.
 
-    captcha pretrain --model sepnet --preprocess gray --images 40000 --epochs 12
+    captcha pretrain --model sepnet --preprocess gray --images 40000 --epochs 20
 
 Draws `--images` CAPTCHAs of the `mix` pseudo-style (every image recombines the pre-training
-styles' fonts, colours, distortion and noise; the held-out evaluation styles never appear) with
+styles' fonts, colours, distortion and noise, with every glyph stretched and elastically bent
+by a random amount; the held-out evaluation styles never appear) with
 the 62-symbol `PRETRAIN_ALPHABET`, trains the model on them with the regular training loop
 (`captcha.train.fit`, strong augmentation), and writes the best weights as float16 to
 `captcha/weights/<model>-<preprocess>-<head>.pt`, where `captcha train --init pretrained` finds
@@ -28,7 +29,7 @@ class PretrainConfig:
     head: str = "attention"
     images: int = 40000
     val_images: int = 2000
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 3e-3
     augment: str = "strong"
