@@ -13,22 +13,25 @@ import torch.nn.functional as F
 
 AUGMENT_LEVELS = ("none", "light", "strong")
 
-# (max rotation degrees, max scale change, max translation as a fraction, max shear, noise std)
+# (max rotation degrees, max scale change, max translation as a fraction, max shear, noise std,
+#  elastic displacement in pixels, probability of a random-strength blur)
 _LEVELS = {
-    "light": (5.0, 0.05, 0.04, 0.1, 0.0),
-    "strong": (12.0, 0.12, 0.08, 0.3, 0.1),
+    "light": (5.0, 0.05, 0.04, 0.1, 0.0, 0.0, 0.0),
+    "strong": (12.0, 0.12, 0.08, 0.3, 0.1, 1.5, 0.3),
 }
+_ELASTIC_GRID = (5, 13)  # control points of the smooth displacement field (rows, columns)
 
 
 def augment_batch(x: torch.Tensor, level: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random affine (rotation, scale, shift, shear) per image, plus noise at `strong`.
+    """Random affine (rotation, scale, shift, shear) per image; at `strong` also a smooth elastic
+    displacement, a blur of random strength on some images, and pixel noise.
 
-    `x` is normalised B x C x H x W; the border fills with the image's own minimum, which is the
-    background after `denoise` and close to it for light backgrounds after `original`.
+    `x` is normalised B x C x H x W; the area moved in from outside fills with each image's
+    background, the median of its outermost pixels (light after `gray`, dark after `denoise`).
     """
     if level == "none":
         return x
-    rot, scale, shift, shear, noise = _LEVELS[level]
+    rot, scale, shift, shear, noise, elastic, blur = _LEVELS[level]
     b = x.shape[0]
     dev = x.device
 
@@ -44,9 +47,26 @@ def augment_batch(x: torch.Tensor, level: str, generator: torch.Generator | None
         [torch.stack([cos, -sin + sh, tx], 1), torch.stack([sin, cos, ty], 1)], 1
     ).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    h, w = x.shape[2:]
+    if elastic > 0:  # low-resolution noise, upsampled: neighbouring pixels move together
+        field = torch.randn((b, 2, *_ELASTIC_GRID), generator=generator, device="cpu").to(dev, x.dtype)
+        field = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+        grid = grid + field * torch.tensor([elastic * 2 / w, elastic * 2 / h], device=dev, dtype=x.dtype)
     # Pad with the background value: shift the image so that background is 0, sample with zeros, shift back.
-    background = x.amin(dim=(1, 2, 3), keepdim=True)
+    background = _border_median(x)
     out = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
+    if blur > 0:  # blend towards a 3x3 binomial blur: 0 (sharp) to 1 (blurred), on a `blur` share of images
+        kernel = torch.tensor([1.0, 2.0, 1.0], device=dev, dtype=x.dtype)
+        kernel = (kernel[:, None] * kernel[None, :] / 16).expand(x.shape[1], 1, 3, 3)
+        blurred = F.conv2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
+        strength = uniform(0, 1) * (uniform(0, 1) < blur)
+        out = torch.lerp(out, blurred, strength.to(x.dtype).view(b, 1, 1, 1))
     if noise > 0:
         out = out + torch.randn(out.shape, generator=generator, device="cpu").to(dev) * noise
     return out
+
+
+def _border_median(x: torch.Tensor) -> torch.Tensor:
+    """Per image and channel, the median of the outermost rows and columns: B x C x 1 x 1."""
+    edges = torch.cat([x[:, :, 0, :], x[:, :, -1, :], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
+    return edges.median(dim=2).values[:, :, None, None]
