@@ -125,6 +125,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from captcha.inference import evaluate_folder
 
     report = evaluate_folder(args.run, args.data, args.split, args.device, args.skip_bad)
+    if args.errors and report["misread"]:
+        from captcha.imageio import read_image
+        from captcha.plots import misread_grid
+
+        shown = report["misread"][: args.max_errors]
+        misread_grid([(read_image(m["path"]), m["label"], m["predicted"]) for m in shown], args.errors)
+        print(f"Wrote {args.errors}: {len(shown)} of {len(report['misread'])} misread images", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -255,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS)
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("train", help="train a recognizer (default: resnet18_mod on the built-in generated set)")
+    p = sub.add_parser("train", help="train a recognizer (default: sepnet on the built-in generated set)")
     _add_training_flags(p)
     p.set_defaults(func=_cmd_train)
 
@@ -265,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val", "test"), help="which subfolder to evaluate")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--skip-bad", action="store_true", help="leave bad files out instead of stopping")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (with every misread image)")
+    p.add_argument("--errors", metavar="PNG", help="draw the misread images, truth -> prediction, into this picture")
+    p.add_argument("--max-errors", type=int, default=48, help="at most this many images in --errors (default 48)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="recognize images with a trained run")

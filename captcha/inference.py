@@ -89,5 +89,6 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
         "per_char_accuracy": per_char_accuracy(texts, labels, width),
         "sequence_accuracy": sequence_accuracy(texts, labels),
         "confused_pairs": [{"true": a, "predicted": b, "count": n} for a, b, n in confused_pairs(texts, labels)],
+        "misread": [{"path": str(s.path), "label": s.label, "predicted": t} for s, t in zip(encoded.samples, texts) if t != s.label],
         "skipped": [{"path": p, "reason": r} for p, r in problems],
     }

@@ -1,5 +1,5 @@
 """Pictures people would rather look at than read: learning curves, preview grids, confusion
-matrices. Drawn with OpenCV alone."""
+matrices, misread images. Drawn with OpenCV alone."""
 
 from __future__ import annotations
 
@@ -83,6 +83,36 @@ def image_grid(rows: list[list[np.ndarray]], labels: list[str] | None = None, sc
             x = caption_w + pad + c * (cw + pad)
             grid[y : y + cell.shape[0], x : x + cell.shape[1]] = cell
     return grid
+
+
+def misread_grid(items: list[tuple[np.ndarray, str, str]], out: str | Path, columns: int = 4, scale: int = 2) -> Path:
+    """Tile (image, truth, prediction) triples, each captioned `truth -> prediction` underneath,
+    with the characters that differ in red."""
+    if not items:
+        raise ValueError("no misread images to draw")
+    cells = []
+    for image, truth, predicted in items:
+        image = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        cell = cv2.copyMakeBorder(image, 0, 24, 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+        x = 4
+        for text, color in [(truth, (0, 0, 0)), (" -> ", (0, 0, 0))] + [
+            (ch, (0, 0, 0) if i < len(truth) and truth[i] == ch else (0, 0, 220)) for i, ch in enumerate(predicted)
+        ]:
+            cv2.putText(cell, text, (x, cell.shape[0] - 7), _FONT, 0.55, color, 1, cv2.LINE_AA)
+            x += cv2.getTextSize(text, _FONT, 0.55, 1)[0][0]
+        cells.append(cell)
+    h = max(c.shape[0] for c in cells)
+    w = max(c.shape[1] for c in cells)
+    rows = (len(cells) + columns - 1) // columns
+    pad = 4
+    grid = np.full((rows * (h + pad) + pad, min(columns, len(cells)) * (w + pad) + pad, 3), 255, np.uint8)
+    for i, cell in enumerate(cells):
+        y, x = pad + (i // columns) * (h + pad), pad + (i % columns) * (w + pad)
+        grid[y : y + cell.shape[0], x : x + cell.shape[1]] = cell
+    out = Path(out)
+    cv2.imwrite(str(out), grid)
+    return out
 
 
 def confusion_matrix_image(matrix: np.ndarray, names: list[str], out: str | Path, cell: int = 28) -> Path:

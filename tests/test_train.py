@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,6 +54,32 @@ def test_cli_evaluate_and_predict_json(trained_run, easy_data, capsys):
     assert main(["predict", str(trained_run), str(image), "--json"]) == 0
     line = json.loads(capsys.readouterr().out.strip())
     assert set(line) == {"path", "text", "confidence", "char_confidences"}
+
+
+def test_evaluate_lists_and_draws_the_misread_images(trained_run, easy_data, tmp_path, capsys):
+    import shutil
+
+    import cv2
+
+    report = evaluate_folder(trained_run, easy_data)
+    assert len(report["misread"]) == round((1 - report["sequence_accuracy"]) * report["samples"])
+    # relabel 6 test images with a wrong label: the model reads what is drawn, so they are misread
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    swap = str.maketrans("27bx", "bx27")
+    for i, path in enumerate(sorted((easy_data / "test").glob("*.png"))[:6]):
+        shutil.copy(path, wrong / f"{path.name.split('_')[0].translate(swap)}_{i}.png")
+    out = tmp_path / "errors.png"
+    assert main(["evaluate", str(trained_run), "--data", str(wrong), "--errors", str(out), "--max-errors", "4", "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert len(report["misread"]) >= 5
+    for m in report["misread"]:
+        assert m["predicted"] != m["label"] and Path(m["path"]).name.startswith(m["label"] + "_")
+    assert f"4 of {len(report['misread'])} misread images" in captured.err
+    image = cv2.imread(str(out))
+    cell_h = 2 * 50 + 24  # at 2x, with a caption
+    assert cell_h < image.shape[0] < 2 * cell_h and image.shape[1] > 4 * 2 * 130  # one row of 4 cells
 
 
 def test_predict_names_a_broken_image(trained_run, tmp_path, capsys):
