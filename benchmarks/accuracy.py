@@ -1,7 +1,7 @@
 """Accuracy on CAPTCHA styles the project never trained on, default recipe vs the plain baseline.
 
     python benchmarks/accuracy.py [--styles eval-plain eval-scriptc eval-lines] [--unlabeled 8000]
-                                  [--grid [--grid-epochs N]]
+                                  [--try augment=strong ...] [--recipes N...] [--grid [--grid-epochs N]]
 
 For each held-out evaluation style (`captcha.generate.EVAL_STYLES`: fonts, colours, distortion
 and noise unlike every pre-training style) it draws 4000 train / 1000 val / 3000 test images
@@ -11,8 +11,10 @@ with 36 symbols and trains:
 - the plain course recipe: resnet18_mod with pooled (fixed) heads, no augmentation, no
   pre-training, 25 epochs (`--recipes` picks some of these by number).
 With `--unlabeled N` it also draws N unlabeled images of each style and trains the default
-recipe plus `--unlabeled` (pseudo-labeling). It prints parameters, per-character and whole-string
-test accuracy and training time side by side, naming the machine.
+recipe plus `--unlabeled` (pseudo-labeling); `--try KEY=VALUE...` adds the default recipe with
+those changes, a candidate for a new default (recipe 2, or 3 with `--unlabeled`). It prints
+parameters, per-character and whole-string test accuracy and training time side by side,
+naming the machine.
 
 `--grid` adds the R1 grid (every recognizer x every preprocessor, `captcha.sweep`) with the
 default recipe on the built-in course-style set; `--grid-epochs` shortens it (the 11M-12M
@@ -47,6 +49,19 @@ RECIPES = {
 }
 
 
+def _parse_changes(items: list[str]) -> dict:
+    """`key=value` pairs -> TrainConfig overrides, each value typed like the field's default."""
+    defaults = TrainConfig()
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not hasattr(defaults, key):
+            raise SystemExit(f"--try: {item!r} is not KEY=VALUE with a TrainConfig field as KEY")
+        kind = type(getattr(defaults, key))
+        changes[key] = value if kind in (str, type(None)) else (value.lower() in ("1", "true", "yes") if kind is bool else kind(value))
+    return changes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--styles", nargs="+", default=list(EVAL_STYLES))
@@ -56,8 +71,11 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true", help="also run the R1 grid at the default recipe")
     parser.add_argument("--grid-epochs", type=int, default=None, help="epochs per grid cell (default: the default recipe's)")
     parser.add_argument("--no-styles", action="store_true", help="skip the evaluation styles (with --grid)")
-    parser.add_argument("--recipes", type=int, nargs="+", help="run only these recipes (0: default, 1: plain, 2: unlabeled)")
+    parser.add_argument("--recipes", type=int, nargs="+", help="run only these recipes (0: default, 1: plain, then --unlabeled, then --try)")
+    parser.add_argument("--try", dest="trial", nargs="+", metavar="KEY=VALUE", default=[],
+                        help="also run the default recipe with these TrainConfig changes (e.g. augment=strong epochs=80)")
     args = parser.parse_args()
+    trial = _parse_changes(args.trial)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,6 +88,8 @@ def main() -> None:
             recipes = dict(RECIPES)
             if args.unlabeled:
                 recipes[f"default + {args.unlabeled} unlabeled (pseudo-labels)"] = {"unlabeled": str(data / "unlabeled")}
+            if trial:
+                recipes["default + " + " ".join(args.trial)] = trial
             for number, (recipe, overrides) in enumerate(recipes.items()):
                 if args.recipes is not None and number not in args.recipes:
                     continue
