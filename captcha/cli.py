@@ -125,7 +125,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from captcha.inference import evaluate_folder
 
     report = evaluate_folder(args.run, args.data, args.split, args.device, args.skip_bad)
-    if args.errors and report["misread"]:
+    if args.errors and not report["misread"]:
+        print(f"No misread images: {args.errors} not written", file=sys.stderr if args.json else sys.stdout)
+    elif args.errors:
         from captcha.imageio import read_image
         from captcha.plots import misread_grid
 

@@ -102,14 +102,7 @@ def misread_grid(items: list[tuple[np.ndarray, str, str]], out: str | Path, colu
             cv2.putText(cell, text, (x, cell.shape[0] - 7), _FONT, 0.55, color, 1, cv2.LINE_AA)
             x += cv2.getTextSize(text, _FONT, 0.55, 1)[0][0]
         cells.append(cell)
-    h = max(c.shape[0] for c in cells)
-    w = max(c.shape[1] for c in cells)
-    rows = (len(cells) + columns - 1) // columns
-    pad = 4
-    grid = np.full((rows * (h + pad) + pad, min(columns, len(cells)) * (w + pad) + pad, 3), 255, np.uint8)
-    for i, cell in enumerate(cells):
-        y, x = pad + (i // columns) * (h + pad), pad + (i % columns) * (w + pad)
-        grid[y : y + cell.shape[0], x : x + cell.shape[1]] = cell
+    grid = image_grid([cells[i : i + columns] for i in range(0, len(cells), columns)], scale=1)
     out = Path(out)
     cv2.imwrite(str(out), grid)
     return out
