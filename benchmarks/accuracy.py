@@ -58,6 +58,8 @@ def _parse_changes(items: list[str]) -> dict:
         if not sep or not hasattr(defaults, key):
             raise SystemExit(f"--try: {item!r} is not KEY=VALUE with a TrainConfig field as KEY")
         kind = type(getattr(defaults, key))
+        if kind is tuple:
+            raise SystemExit(f"--try: {key} takes several values; it cannot be changed here")
         changes[key] = value if kind in (str, type(None)) else (value.lower() in ("1", "true", "yes") if kind is bool else kind(value))
     return changes
 
