@@ -48,7 +48,7 @@ class TrainConfig:
     model: str = "sepnet"  # depthwise-separable, ~85K parameters; resnet18_mod is the course's 95K model
     preprocess: str = "gray"  # measured best on unseen styles; shipped pre-trained weights match it
     head: str = "attention"  # attention (position-aware) | fixed (pooled, as in the course) | ctc (variable length)
-    epochs: int = 60  # benchmarks/accuracy.py: 97.4 / 82.9 / 84.9% whole-string on the eval styles in 13-14 min on 2 CPU cores
+    epochs: int = 60  # benchmarks/accuracy.py: 96.3 / 82.7 / 85.3% whole-string on the eval styles in 12-13 min on 2 CPU cores
     batch_size: int = 64
     lr: float = 3e-3  # peak learning rate
     optimizer: str = "adamw"  # adam | adamw | sgd
