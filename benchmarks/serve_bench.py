@@ -119,8 +119,8 @@ def _start_server(onnx: Path, port: int, args: argparse.Namespace) -> subprocess
         "p = argparse.ArgumentParser(); c.register(p.add_subparsers()); a = p.parse_args(); sys.exit(a.func(a))"
     )
     cmd = [sys.executable, "-c", code, "serve", str(onnx), "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms), "--grpc-threads", "300", "--max-queue", "4096",
-           "--preprocess-processes", str(args.preprocess_processes)]
+           "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms), "--max-queue", "4096",
+           "--preprocess-processes", str(args.preprocess_processes), "--ort-threads", str(args.ort_threads)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
     parser.add_argument("--preprocess-processes", type=int, default=0, help="server's --preprocess-processes (default 0: threads)")
+    parser.add_argument("--ort-threads", type=int, default=0, help="server's --ort-threads (default 0: its own default)")
     parser.add_argument("--ddddocr-python", help="interpreter that has ddddocr (e.g. /work/ddddocr-venv/bin/python); "
                         "default, or when it does not exist: the --ddddocr-venv one")
     parser.add_argument("--ddddocr-venv", help=f"venv for ddddocr, created with `pip install ddddocr` when missing (default {default_ddddocr_venv()})")

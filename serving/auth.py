@@ -16,8 +16,8 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 def _denied(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
     """A handler of the same streaming shape that aborts with UNAUTHENTICATED."""
 
-    def abort(request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def abort(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(abort)
@@ -28,7 +28,7 @@ def _denied(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandl
     return grpc.unary_unary_rpc_method_handler(abort)
 
 
-class TokenAuthInterceptor(grpc.ServerInterceptor):
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Require `authorization: Bearer <token>` on every method outside OPEN_PREFIXES."""
 
     def __init__(self, token: str):
@@ -36,8 +36,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
             raise ValueError("empty auth token")
         self._expected = f"bearer {token}".encode()
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
             return handler
         sent = ""

@@ -1,20 +1,23 @@
-"""Dynamic batching: gather concurrent requests into one `session.run`.
+"""Dynamic batching on the server's event loop: gather concurrent requests into one model run.
 
-A worker thread takes the first waiting item, then keeps collecting until it has `max_batch`
-items or `max_delay` has passed since that first item, runs the model once and resolves each
-item's future with its own row of logits. The queue is bounded: a full queue is refused at once
-(the servicer answers RESOURCE_EXHAUSTED) instead of letting latency grow without limit. Items
-whose caller has gone away (cancelled, deadline passed) are dropped before the model runs.
+`submit` queues one sample and returns an asyncio future. A collector task takes the first
+waiting item, keeps collecting until it has `max_batch` items or `max_delay` has passed since
+that first item, then runs the model once - in the batcher's own thread, so that the event loop
+goes on serving calls while ONNX Runtime works - and resolves each item's future with its row.
+
+The queue is bounded: a full queue is refused at once (`QueueFullError`; the servicer answers
+RESOURCE_EXHAUSTED) instead of letting latency grow without limit. When a call is cancelled or
+its deadline passes, gRPC cancels the handler and with it the future it awaits; such items are
+dropped before the model runs.
+
+Everything except `depth` must be called on the event loop that created the batcher.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
+import asyncio
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -23,19 +26,11 @@ class QueueFullError(RuntimeError):
     """The batcher's queue is full; the caller should back off."""
 
 
-class CallerGoneError(RuntimeError):
-    """The caller was cancelled or its deadline passed before the model ran."""
-
-
 class BatcherClosedError(RuntimeError):
     """The batcher was shut down."""
 
 
-@dataclass
-class _Item:
-    tensor: np.ndarray
-    future: Future
-    is_active: Callable[[], bool]
+_Item = tuple[np.ndarray, asyncio.Future]
 
 
 class DynamicBatcher:
@@ -55,47 +50,56 @@ class DynamicBatcher:
         self._run = run_fn
         self.max_batch = max_batch
         self.max_delay = max(0.0, max_delay)
-        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=max_queue)
         self._on_batch = on_batch
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._task = self._loop.create_task(self._collect_and_run(), name=f"batcher-{name}")
 
     @property
     def depth(self) -> int:
-        """Items waiting to be batched."""
+        """Items waiting to be batched (safe to read from any thread)."""
         return self._queue.qsize()
 
-    def submit(self, tensor: np.ndarray, is_active: Callable[[], bool] = lambda: True) -> Future:
+    def submit(self, tensor: np.ndarray) -> asyncio.Future:
         """Queue one sample; the future resolves to its output row. Raises QueueFullError."""
         if self._closed:
             raise BatcherClosedError("the server is shutting down")
-        future: Future = Future()
+        future = self._loop.create_future()
         try:
-            self._queue.put_nowait(_Item(tensor, future, is_active))
-        except queue.Full:
-            raise QueueFullError(f"server busy: {self._queue.maxsize} images already queued") from None
+            self._queue.put_nowait((tensor, future))
+        except asyncio.QueueFull:
+            raise QueueFullError(f"server busy: {self.max_queue} images already queued") from None
         return future
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Finish queued work, then stop the worker."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Finish queued work, then stop the collector and the model thread."""
+        if self._closed:
+            return
         self._closed = True
-        self._queue.put(None)
-        self._thread.join(timeout)
+        try:
+            await asyncio.wait_for(self._queue.put(None), timeout)
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except asyncio.TimeoutError:
+            self._task.cancel()
+        self._fail_pending()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
+    async def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
         items, stop = [first], False
-        deadline = time.monotonic() + self.max_delay
+        deadline = self._loop.time() + self.max_delay
         while len(items) < self.max_batch:
             try:
                 item = self._queue.get_nowait()
-            except queue.Empty:
-                remaining = deadline - time.monotonic()
+            except asyncio.QueueEmpty:
+                remaining = deadline - self._loop.time()
                 if remaining <= 0:
                     break
                 try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
                     break
             if item is None:
                 stop = True
@@ -103,43 +107,34 @@ class DynamicBatcher:
             items.append(item)
         return items, stop
 
-    def _loop(self) -> None:
+    async def _collect_and_run(self) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()
+            first = await self._queue.get()
             if first is None:
                 break
-            items, stop = self._collect(first)
-            live = [it for it in items if it.future.set_running_or_notify_cancel() and self._still_wanted(it)]
+            items, stop = await self._collect(first)
+            live = [(tensor, future) for tensor, future in items if not future.done()]  # cancelled: caller gone
             if not live:
                 continue
             try:
-                outputs = self._run(np.stack([it.tensor for it in live]))
+                outputs = await self._loop.run_in_executor(self._executor, self._run, np.stack([tensor for tensor, _ in live]))
             except Exception as exc:  # noqa: BLE001 - every waiting caller must hear about it
-                for it in live:
-                    it.future.set_exception(exc)
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
                 continue
             if self._on_batch:
                 self._on_batch(len(live))
-            for it, row in zip(live, outputs):
-                it.future.set_result(row)
-        self._fail_pending()
-
-    @staticmethod
-    def _still_wanted(item: _Item) -> bool:
-        try:
-            wanted = item.is_active()
-        except Exception:  # noqa: BLE001
-            wanted = True
-        if not wanted:
-            item.future.set_exception(CallerGoneError("the call ended before the model ran"))
-        return wanted
+            for (_, future), row in zip(live, outputs):
+                if not future.done():
+                    future.set_result(row)
 
     def _fail_pending(self) -> None:
         while True:
             try:
                 item = self._queue.get_nowait()
-            except queue.Empty:
+            except asyncio.QueueEmpty:
                 return
-            if item is not None and item.future.set_running_or_notify_cancel():
-                item.future.set_exception(BatcherClosedError("the server is shutting down"))
+            if item is not None and not item[1].done():
+                item[1].set_exception(BatcherClosedError("the server is shutting down"))

@@ -17,7 +17,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     config = ServeConfig(
         models=args.models, host=args.host, port=args.port, device=args.device, max_batch=args.max_batch,
-        max_delay_ms=args.max_delay_ms, max_queue=args.max_queue, workers=args.workers, preprocess_processes=args.preprocess_processes, grpc_threads=args.grpc_threads,
+        max_delay_ms=args.max_delay_ms, max_queue=args.max_queue, workers=args.workers, preprocess_processes=args.preprocess_processes,
         ort_threads=args.ort_threads, token=args.token or os.environ.get("CAPTCHA_TOKEN") or None,
         tls_cert=args.tls_cert, tls_key=args.tls_key, metrics_port=args.metrics_port,
         max_message_mb=args.max_message_mb, grace_s=args.grace,
@@ -85,11 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="largest batch one ONNX Runtime run takes")
     p.add_argument("--max-delay-ms", type=float, default=2.0, help="how long the batcher waits to fill a batch")
     p.add_argument("--max-queue", type=int, default=1024, help="queued images per model before RESOURCE_EXHAUSTED")
-    p.add_argument("--workers", type=int, default=0, help="decode/preprocess threads (default: CPU count)")
+    p.add_argument("--workers", type=int, default=0, help="decode/preprocess threads for multi-image calls (default: CPU count)")
     p.add_argument("--preprocess-processes", type=int, default=0,
                    help="decode/preprocess RecognizeBatch and ModelInfer calls in this many processes (default 0: threads only)")
-    p.add_argument("--grpc-threads", type=int, default=64, help="concurrent gRPC calls handled")
-    p.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: CPU count)")
+    p.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: CPU count - 1, leaving a core to the event loop)")
     p.add_argument("--token", help="require `authorization: Bearer TOKEN` (default: $CAPTCHA_TOKEN)")
     p.add_argument("--tls-cert", help="PEM certificate chain (enables TLS)")
     p.add_argument("--tls-key", help="PEM private key")

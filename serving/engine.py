@@ -1,16 +1,19 @@
 """The request pipeline shared by every API: look up model, decode + preprocess, batch, decode.
 
-Decode and preprocess run in a thread pool (OpenCV releases the GIL, so they use every core);
-the model runs in its `DynamicBatcher`. Failures become `RpcAbort(code, message)`, which the
-servicers turn into gRPC statuses (or per-item errors in batch and stream calls).
+Everything here runs on the server's event loop. One small image is decoded and preprocessed
+right there (cheaper than handing it to a thread); several images, or a large one, go to the
+worker threads (OpenCV releases the GIL, so they use every core) or, with `processes`, to worker
+processes. The model runs in each model's `DynamicBatcher`. Failures become
+`RpcAbort(code, message)`, which the servicers turn into gRPC statuses (or per-item errors in
+batch and stream calls).
 """
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import threading
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeoutError
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -18,11 +21,11 @@ import numpy as np
 
 from captcha.decoding import Prediction
 from captcha.imageio import ImageDecodeError
-from serving.batcher import BatcherClosedError, CallerGoneError, DynamicBatcher, QueueFullError
+from serving.batcher import BatcherClosedError, DynamicBatcher, QueueFullError
 from serving.metrics import Metrics
 from serving.model import ServedModel
 
-_POLL_S = 0.5  # how often a waiting call re-checks that its client is still there
+INLINE_MAX_BYTES = 64 * 1024  # a single encoded image up to this size is decoded on the event loop
 
 
 class RpcAbort(Exception):
@@ -41,11 +44,12 @@ class Entry:
 
 
 class Engine:
-    """Served models by name plus the preprocessing pool."""
+    """Served models by name plus the preprocessing pools."""
 
     def __init__(self, metrics: Metrics, workers: int, max_batch: int, max_delay_s: float, max_queue: int, processes: int = 0):
         self.metrics = metrics
-        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="preprocess")
+        self.workers = max(1, workers)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="preprocess")
         # Optional process pool for multi-image calls: the `denoise` preprocessor is mostly small
         # numpy calls that hold the GIL, so threads cannot spread it over the cores; processes can.
         # Started with "spawn" (never fork a process that runs gRPC threads).
@@ -56,9 +60,9 @@ class Engine:
         self.default: str | None = None
         self.ready = threading.Event()
 
-    def add(self, model: ServedModel) -> None:
-        """Serve `model` (the first added is the default); warms it up first."""
-        model.warm_up(self.max_batch)
+    async def add(self, model: ServedModel) -> None:
+        """Serve `model` (the first added is the default); warms it up first. On the event loop."""
+        await asyncio.get_running_loop().run_in_executor(None, model.warm_up, self.max_batch)
         batcher = DynamicBatcher(
             model.run, self.max_batch, self.max_delay_s, self.max_queue, name=model.name,
             on_batch=lambda n, name=model.name: self.metrics.observe("captcha_batch_size", n, model=name),
@@ -75,101 +79,97 @@ class Engine:
             raise RpcAbort(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; served: {', '.join(self.entries)}")
         return entry
 
-    def _prepare(self, entry: Entry, data: bytes, source: str, context: grpc.ServicerContext) -> Future:
-        """Decode + preprocess, then queue for the model; returns the batcher's future."""
-        gone = _call_gone(context, "before its image was decoded")
-        if gone:
-            raise gone
+    def _enqueue(self, entry: Entry, tensor: np.ndarray) -> asyncio.Future:
         try:
-            tensor = entry.model.preprocess(data, source)
-        except ImageDecodeError as exc:
-            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        try:
-            return entry.batcher.submit(tensor, context.is_active)
+            return entry.batcher.submit(tensor)
         except QueueFullError as exc:
             raise RpcAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except BatcherClosedError as exc:
             raise RpcAbort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
 
-    def submit(self, entry: Entry, data: bytes, source: str, context: grpc.ServicerContext, inline: bool = False) -> Future:
-        """Start one image; the future resolves to the batcher's future (two stages)."""
-        if inline:
-            f: Future = Future()
+    async def stage(self, entry: Entry, data: bytes, source: str) -> asyncio.Future:
+        """Decode + preprocess one image and queue it; returns the batcher's future. Raises RpcAbort."""
+        if len(data) <= INLINE_MAX_BYTES:
             try:
-                f.set_result(self._prepare(entry, data, source, context))
-            except RpcAbort as exc:
-                f.set_exception(exc)
-            return f
-        return self.pool.submit(self._prepare, entry, data, source, context)
-
-    def submit_many(self, entry: Entry, images: list[bytes], sources: list[str], context: grpc.ServicerContext) -> list[Future]:
-        """Start several images of one call; like `submit` per image, but with a process pool the
-        whole call's decode + preprocess is one task (one round of inter-process traffic)."""
-        if self.procs is None or len(images) < 2:
-            return [self.submit(entry, data, source, context) for data, source in zip(images, sources)]
-        staged: list[Future] = [Future() for _ in images]
-        spec = entry.model.spec
-        try:
-            task = self.procs.submit(_preprocess_many, spec.preprocess, tuple(spec.input_size), spec.mean, spec.std, images, sources)
-        except RuntimeError:  # the pool is shutting down
-            return [self.submit(entry, data, source, context) for data, source in zip(images, sources)]
-
-        def distribute(done: Future) -> None:
-            try:
-                results = done.result()
-            except Exception as exc:  # noqa: BLE001 - a dead worker: every image of the call fails
-                abort = RpcAbort(grpc.StatusCode.INTERNAL, f"preprocessing failed: {exc!r}")
-                for f in staged:
-                    f.set_exception(abort)
-                return
-            for f, (tensor, error) in zip(staged, results):
-                if error is not None:
-                    f.set_exception(RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, error))
-                    continue
-                try:
-                    f.set_result(self._enqueue(entry, tensor, context))
-                except RpcAbort as exc:
-                    f.set_exception(exc)
-
-        task.add_done_callback(distribute)
+                tensor = entry.model.preprocess(data, source)
+            except ImageDecodeError as exc:
+                raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            return self._enqueue(entry, tensor)
+        staged = (await self.stage_many(entry, [data], [source]))[0]
+        if isinstance(staged, RpcAbort):
+            raise staged
         return staged
 
-    def _enqueue(self, entry: Entry, tensor: np.ndarray, context: grpc.ServicerContext) -> Future:
-        gone = _call_gone(context, "before its image was queued")
-        if gone:
-            raise gone
+    async def stage_many(self, entry: Entry, images: list[bytes], sources: list[str]) -> list:
+        """Decode + preprocess the images of one call off the event loop, then queue each.
+
+        Returns, per image, the batcher's future or the `RpcAbort` that says why it was not
+        queued (a bad image, a full queue), so one bad item does not fail the others.
+        """
+        spec = entry.model.spec
+        args = (spec.preprocess, tuple(spec.input_size), spec.mean, spec.std)
+        loop = asyncio.get_running_loop()
         try:
-            return entry.batcher.submit(tensor, context.is_active)
-        except QueueFullError as exc:
-            raise RpcAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
-        except BatcherClosedError as exc:
-            raise RpcAbort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            if self.procs is not None and len(images) > 1:
+                results = await loop.run_in_executor(self.procs, _preprocess_many, *args, images, sources)
+            else:  # contiguous chunks, one per worker thread
+                size = -(-len(images) // min(self.workers, len(images)))
+                chunks = [(images[i : i + size], sources[i : i + size]) for i in range(0, len(images), size)]
+                parts = await asyncio.gather(*(loop.run_in_executor(self.pool, _preprocess_many, *args, imgs, srcs) for imgs, srcs in chunks))
+                results = [r for part in parts for r in part]
+        except RuntimeError as exc:  # a pool shutting down, or a dead worker process
+            abort = RpcAbort(grpc.StatusCode.UNAVAILABLE if "shutdown" in str(exc) else grpc.StatusCode.INTERNAL, f"preprocessing failed: {exc}")
+            return [abort] * len(images)
+        staged: list = []
+        for tensor, error in results:
+            if error is not None:
+                staged.append(RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, error))
+                continue
+            try:
+                staged.append(self._enqueue(entry, tensor))
+            except RpcAbort as exc:
+                staged.append(exc)
+        return staged
 
     def warm_up_processes(self) -> None:
         """Start every worker process now, not on the first request."""
         if self.procs is not None:
             list(self.procs.map(_preprocess_many, *zip(*[("gray", (8, 8), 0.0, 1.0, [], [])] * (2 * self.processes))))
 
-    def logits(self, staged: Future, context: grpc.ServicerContext) -> np.ndarray:
-        """Wait for one image's logits row, honouring the call's deadline and cancellation."""
-        return _wait(_wait(staged, context), context)
+    async def logits(self, staged: asyncio.Future) -> np.ndarray:
+        """Wait for one image's logits row. A cancelled call (client gone, deadline passed)
+        cancels the wait, and with it the queued image."""
+        try:
+            return await staged
+        except BatcherClosedError as exc:
+            raise RpcAbort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - anything else is the server's fault
+            raise RpcAbort(grpc.StatusCode.INTERNAL, f"inference failed: {exc}") from None
 
-    def predict(self, entry: Entry, staged: Future, context: grpc.ServicerContext) -> Prediction:
-        row = self.logits(staged, context)
+    async def predict(self, entry: Entry, staged: asyncio.Future) -> Prediction:
+        row = await self.logits(staged)
         self.metrics.inc("captcha_images_total", model=entry.model.name)
         return entry.model.decode(row[None])[0]
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Finish what is queued, then stop the batchers and the pools. On the event loop."""
         for entry in self.entries.values():
-            entry.batcher.close()
+            await entry.batcher.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.procs is not None:
             self.procs.shutdown(wait=False, cancel_futures=True)
 
 
+def cancel_staged(items) -> None:
+    """Drop queued images whose call has ended (the batcher skips cancelled futures)."""
+    for item in items:
+        if isinstance(item, asyncio.Future):
+            item.cancel()
+
+
 def _preprocess_many(name: str, size: tuple[int, int], mean: float, std: float, images: list[bytes], sources: list[str]) -> list:
-    """Process-pool task: decode + preprocess + normalise each image with the very functions the
-    threads use (`captcha.imageio`, `captcha.preprocess`); (tensor, None) or (None, reason) each."""
+    """Pool task (thread or process): decode + preprocess + normalise each image with the very
+    functions `captcha predict` uses; (tensor, None) or (None, reason) each."""
     from captcha.imageio import decode_image
     from captcha.preprocess import get_preprocessor, normalize
 
@@ -181,44 +181,3 @@ def _preprocess_many(name: str, size: tuple[int, int], mean: float, std: float, 
         except ImageDecodeError as exc:
             out.append((None, str(exc)))
     return out
-
-
-def _call_gone(context: grpc.ServicerContext, when: str) -> RpcAbort | None:
-    """DEADLINE_EXCEEDED once the call's deadline has passed, CANCELLED once the client went away."""
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        return RpcAbort(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed {when}")
-    if not context.is_active():
-        return RpcAbort(grpc.StatusCode.CANCELLED, f"the call was cancelled {when}")
-    return None
-
-
-def _wait(future: Future, context: grpc.ServicerContext):
-    """The future's result; polls so a cancelled call or a passed deadline stops the wait.
-
-    Waits with `future.result(timeout)` - one condition variable per future - rather than
-    `concurrent.futures.wait`, whose per-call waiter objects cost the batcher thread a lock and an
-    event per image when it resolves a batch.
-    """
-    while True:
-        gone = None if future.done() else _call_gone(context, "while waiting for the model")
-        if gone:
-            future.cancel()
-            raise gone
-        remaining = context.time_remaining()
-        try:
-            return future.result(timeout=_POLL_S if remaining is None else min(_POLL_S, remaining))
-        except FutureTimeoutError as exc:
-            if not future.done():
-                continue
-            raise RpcAbort(grpc.StatusCode.INTERNAL, f"inference failed: {exc!r}") from None
-        except CancelledError:
-            raise RpcAbort(grpc.StatusCode.CANCELLED, "the call ended before the model ran") from None
-        except RpcAbort:
-            raise
-        except BatcherClosedError as exc:
-            raise RpcAbort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
-        except CallerGoneError as exc:
-            raise RpcAbort(grpc.StatusCode.CANCELLED, str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - anything else is the server's fault
-            raise RpcAbort(grpc.StatusCode.INTERNAL, f"inference failed: {exc}") from None

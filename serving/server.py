@@ -1,5 +1,10 @@
 """Assemble and run the gRPC server: servicers, health, reflection, auth, TLS, metrics, drain.
 
+The server is `grpc.aio`: every call is a coroutine on one event loop, which runs in its own
+thread so that `CaptchaServer` keeps a plain blocking API (`start`, `stop`, `wait`) for the CLI
+and for tests. Compared with a thread per call, this keeps the cores for decoding and the model
+instead of for switching between threads (`benchmarks/serve_bench.py`).
+
 Startup order: bind the port with health NOT_SERVING, load and warm up every model, then flip
 health to SERVING. `stop()` flips health back, lets in-flight calls finish within `grace`
 seconds (new calls are refused), then closes the batchers.
@@ -7,10 +12,10 @@ seconds (new calls are refused), then closes the batchers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +52,7 @@ class ServeConfig:
     max_queue: int = 1024
     workers: int = 0  # decode/preprocess threads; 0 = CPU count
     preprocess_processes: int = 0  # >0: decode/preprocess multi-image calls in this many processes
-    grpc_threads: int = 64
-    ort_threads: int = 0  # ONNX Runtime intra-op threads; 0 = CPU count
+    ort_threads: int = 0  # ONNX Runtime intra-op threads; 0 = CPU count - 1 (one core is the event loop's)
     token: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -62,39 +66,70 @@ class CaptchaServer:
 
     def __init__(self, config: ServeConfig):
         self.config = config
+        if bool(config.tls_cert) != bool(config.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
         self.specs = parse_model_args(config.models)
         self.metrics = server_metrics()
         self.engine = Engine(self.metrics, config.workers or (os.cpu_count() or 1), config.max_batch, config.max_delay_ms / 1000.0, config.max_queue,
                              processes=config.preprocess_processes)
+        self.metrics_http = None
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stopping = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="grpc-aio", daemon=True)
+        self._thread.start()
+        try:
+            self.port = self._call(self._bind())
+        except BaseException:
+            self.stop(0).wait(10)
+            raise
+
+    # ------------------------------------------------------------------ the event loop's thread
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    def _call(self, coro):
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _bind(self) -> int:
+        config = self.config
         limit = int(config.max_message_mb * 1024 * 1024)
-        interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
-        self.server = grpc.server(
-            ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="grpc"),
-            interceptors=interceptors,
+        self.server = grpc.aio.server(
+            interceptors=[TokenAuthInterceptor(config.token)] if config.token else [],
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit), ("grpc.so_reuseport", 0)],
         )
-        self.health = health.HealthServicer()
+        self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         recognizer_pb2_grpc.add_RecognizerServicer_to_server(RecognizerServicer(self.engine), self.server)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.engine), self.server)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{config.host}:{config.port}"
-        if config.tls_cert or config.tls_key:
-            if not (config.tls_cert and config.tls_key):
-                raise ValueError("--tls-cert and --tls-key go together")
-            creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
-            self.port = self.server.add_secure_port(address, creds)
-        else:
-            self.port = self.server.add_insecure_port(address)
-        if not self.port:
+        try:
+            if config.tls_cert:
+                creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+                port = self.server.add_secure_port(address, creds)
+            else:
+                port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot listen on {address}: {exc}") from None
+        if not port:
             raise RuntimeError(f"cannot listen on {address}")
-        self.metrics_http = None
-        self._stopped = threading.Event()
+        return port
 
-    def _set_health(self, status) -> None:
+    async def _set_health(self, status) -> None:
         for name in ("", *SERVICES):
-            self.health.set(name, status)
+            await self.health.set(name, status)
+
+    # ------------------------------------------------------------------------------ public API
 
     @property
     def metrics_port(self) -> int | None:
@@ -102,35 +137,41 @@ class CaptchaServer:
 
     def start(self) -> "CaptchaServer":
         """Listen, load and warm up the models, then report SERVING."""
-        self.server.start()
+        self._call(self.server.start())
         if self.config.metrics_port is not None:
             self.metrics_http = serve_metrics(self.metrics, self.config.host, self.config.metrics_port)
         for name, path in self.specs:
-            model = ServedModel(name, path, self.config.device, self.config.ort_threads)
-            self.engine.add(model)
+            threads = self.config.ort_threads or max(1, (os.cpu_count() or 1) - 1)
+            model = ServedModel(name, path, self.config.device, threads)  # here: the loop keeps answering health
+            self._call(self.engine.add(model))
             log.warning("serving %s (%s, version %s) from %s", name, model.spec.task, model.version, path)
         self.engine.warm_up_processes()
         self.engine.ready.set()
-        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._call(self._set_health(health_pb2.HealthCheckResponse.SERVING))
         return self
 
     def stop(self, grace: float | None = None) -> threading.Event:
-        """Begin a graceful stop; returns an event set once the server has fully stopped."""
-        if self._stopped.is_set():
-            return self._stopped
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        done = self.server.stop(self.config.grace_s if grace is None else grace)
-
-        def finish() -> None:
-            done.wait()
-            self.engine.close()
-            if self.metrics_http:
-                self.metrics_http.shutdown()
-            self._stopped.set()
-
-        threading.Thread(target=finish, name="drain", daemon=True).start()
+        """Begin a graceful stop (from any thread); returns an event set once the server has fully stopped."""
+        with self._stop_lock:
+            if self._stopping:
+                return self._stopped
+            self._stopping = True
+        asyncio.run_coroutine_threadsafe(self._stop(self.config.grace_s if grace is None else grace), self._loop)
         return self._stopped
 
+    async def _stop(self, grace: float) -> None:
+        try:
+            if hasattr(self, "health"):
+                await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            if hasattr(self, "server"):
+                await self.server.stop(grace)
+            await self.engine.close()
+            if self.metrics_http:
+                await asyncio.get_running_loop().run_in_executor(None, self.metrics_http.shutdown)
+        finally:
+            self._stopped.set()
+            self._loop.call_soon(self._loop.stop)
+
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        """Block until the server has stopped (after `stop()`, e.g. from a signal handler)."""
         self._stopped.wait()

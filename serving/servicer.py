@@ -1,16 +1,18 @@
 """gRPC servicers: captcha.v1.Recognizer and the KServe v2 `inference.GRPCInferenceService`.
 
-Each method is wrapped so that it records request count, status code and latency, and turns an
-`RpcAbort` into the gRPC status. Batch and stream calls report a bad image in that item's
-`error` field and carry on with the rest.
+Every handler is a coroutine on the server's event loop. Each is wrapped so that it records
+request count, status code and latency, and turns an `RpcAbort` into the gRPC status. When a call
+is cancelled or its deadline passes, gRPC cancels the handler; the wrapper records that as
+CANCELLED or DEADLINE_EXCEEDED, and the images the call still had queued are dropped. Batch and
+stream calls report a bad image in that item's `error` field and carry on with the rest.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-import queue
+import logging
 import struct
-import threading
 import time
 from collections.abc import Callable
 
@@ -22,9 +24,14 @@ from serving._proto.captcha.v1 import recognizer_pb2 as pb
 from serving._proto.captcha.v1 import recognizer_pb2_grpc as pb_grpc
 from serving._proto.inference import grpc_service_pb2 as kpb
 from serving._proto.inference import grpc_service_pb2_grpc as kpb_grpc
-from serving.engine import Engine, Entry, RpcAbort
+from serving.engine import Engine, Entry, RpcAbort, cancel_staged
+
+log = logging.getLogger("captcha.serving")
 
 _STREAM_WINDOW = 64  # images one stream may have in flight before reading more requests
+# A call cancelled this close to its deadline was ended by the deadline (the client's timer fires
+# a moment before the server's own).
+_DEADLINE_SLACK_S = 0.05
 
 
 def _observe(engine: Engine, method: str, code: grpc.StatusCode, started: float) -> None:
@@ -32,34 +39,31 @@ def _observe(engine: Engine, method: str, code: grpc.StatusCode, started: float)
     engine.metrics.observe("captcha_request_latency_seconds", time.perf_counter() - started, method=method)
 
 
-def _unary(method: str) -> Callable:
+def _ended_code(context) -> grpc.StatusCode:
+    """Why gRPC cancelled a handler: its deadline passed, or the client went away."""
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= _DEADLINE_SLACK_S else grpc.StatusCode.CANCELLED
+
+
+def _rpc(method: str) -> Callable:
+    """Wrap a coroutine handler (unary or reader/writer streaming): metrics and status codes."""
+
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
-        def handler(self, request, context):
+        async def handler(self, request, context):
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
-                return fn(self, request, context)
+                return await fn(self, request, context)
             except RpcAbort as exc:
                 code = exc.code
-                context.abort(exc.code, exc.message)
-            finally:
-                _observe(self.engine, method, code, started)
-
-        return handler
-
-    return wrap
-
-
-def _streaming(method: str) -> Callable:
-    def wrap(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def handler(self, request, context):
-            started, code = time.perf_counter(), grpc.StatusCode.OK
-            try:
-                yield from fn(self, request, context)
-            except RpcAbort as exc:
-                code = exc.code
-                context.abort(exc.code, exc.message)
+                await context.abort(exc.code, exc.message)
+            except asyncio.CancelledError:
+                code = _ended_code(context)
+                raise
+            except Exception as exc:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s failed", method)
+                await context.abort(code, f"internal error: {exc!r}")
             finally:
                 _observe(self.engine, method, code, started)
 
@@ -88,64 +92,74 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def _one(self, entry: Entry, staged, context, request_id: str = "") -> pb.RecognizeResponse:
+    async def _item(self, entry: Entry | None, staged, request_id: str = "") -> pb.RecognizeResponse:
+        """One item of a batch or stream: its prediction, or its error."""
+        if isinstance(staged, RpcAbort):
+            return _error_response(entry, staged, request_id)
         try:
-            return _response(entry, self.engine.predict(entry, staged, context), request_id)
+            return _response(entry, await self.engine.predict(entry, staged), request_id)
         except RpcAbort as exc:
-            if exc.code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise
             return _error_response(entry, exc, request_id)
 
-    @_unary("Recognize")
-    def Recognize(self, request, context):  # noqa: N802 - gRPC method names
+    @_rpc("Recognize")
+    async def Recognize(self, request, context):  # noqa: N802 - gRPC method names
         entry = self.engine.get(request.model)
-        staged = self.engine.submit(entry, request.image, "request", context, inline=True)
-        return _response(entry, self.engine.predict(entry, staged, context), request.id)
+        staged = await self.engine.stage(entry, request.image, "request")
+        return _response(entry, await self.engine.predict(entry, staged), request.id)
 
-    @_unary("RecognizeBatch")
-    def RecognizeBatch(self, request, context):  # noqa: N802
+    @_rpc("RecognizeBatch")
+    async def RecognizeBatch(self, request, context):  # noqa: N802
         entry = self.engine.get(request.model)
         images = list(request.images)
-        staged = self.engine.submit_many(entry, images, [f"images[{i}]" for i in range(len(images))], context)
-        return pb.RecognizeBatchResponse(results=[self._one(entry, s, context) for s in staged])
-
-    @_streaming("RecognizeStream")
-    def RecognizeStream(self, request_iterator, context):  # noqa: N802
-        pending: queue.Queue = queue.Queue(maxsize=_STREAM_WINDOW)
-        reader = threading.Thread(target=self._read_stream, args=(request_iterator, context, pending), daemon=True)
-        reader.start()
-        while True:
-            item = pending.get()
-            if item is None:
-                return
-            request_id, entry, staged = item
-            if isinstance(staged, RpcAbort):
-                yield _error_response(entry, staged, request_id)
-            else:
-                yield self._one(entry, staged, context, request_id)
-
-    def _read_stream(self, request_iterator, context, pending: queue.Queue) -> None:
-        """Consume requests and start their work, so images overlap while responses go out in order."""
+        staged = await self.engine.stage_many(entry, images, [f"images[{i}]" for i in range(len(images))])
         try:
-            for request in request_iterator:
+            results = await asyncio.gather(*(self._item(entry, s) for s in staged))
+        finally:
+            cancel_staged(staged)  # a no-op once answered; drops the queued rest if the call ended
+        return pb.RecognizeBatchResponse(results=results)
+
+    @_rpc("RecognizeStream")
+    async def RecognizeStream(self, request_iterator, context):  # noqa: N802
+        """Responses go out in request order; requests keep being read (up to a window of
+        `_STREAM_WINDOW` images in flight) so that images overlap in the batcher."""
+        pending: asyncio.Queue = asyncio.Queue(maxsize=_STREAM_WINDOW)
+        reader = asyncio.ensure_future(self._read_stream(request_iterator, pending))
+        try:
+            while True:
+                item = await pending.get()
+                if item is None:
+                    break
+                request_id, entry, staged = item
+                await context.write(await self._item(entry, staged, request_id))
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                item = pending.get_nowait()
+                if item is not None:
+                    cancel_staged([item[2]])
+
+    async def _read_stream(self, request_iterator, pending: asyncio.Queue) -> None:
+        try:
+            async for request in request_iterator:
                 try:
                     entry = self.engine.get(request.model)
+                    staged = await self.engine.stage(entry, request.image, f"stream item {request.id or ''}".strip())
                 except RpcAbort as exc:
-                    pending.put((request.id, None, exc))
-                    continue
-                pending.put((request.id, entry, self.engine.submit(entry, request.image, f"stream item {request.id or ''}".strip(), context)))
-        except Exception:  # noqa: BLE001 - the client went away; the response loop ends below
+                    entry, staged = self.engine.entries.get(request.model or self.engine.default or ""), exc
+                await pending.put((request.id, entry, staged))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the client went away or sent a bad message; the writer ends
             pass
-        finally:
-            pending.put(None)
+        await pending.put(None)
 
-    @_unary("Classify")
-    def Classify(self, request, context):  # noqa: N802
+    @_rpc("Classify")
+    async def Classify(self, request, context):  # noqa: N802
         entry = self.engine.get(request.model)
         if entry.model.spec.task != "classification":
             raise RpcAbort(grpc.StatusCode.FAILED_PRECONDITION, f"model {entry.model.name!r} is a {entry.model.spec.task} model; use Recognize")
-        staged = self.engine.submit(entry, request.image, "request", context, inline=True)
-        row = self.engine.logits(staged, context)
+        staged = await self.engine.stage(entry, request.image, "request")
+        row = await self.engine.logits(staged)
         labels = entry.model.top_k(row[None], request.top_k or 5)[0]
         return pb.ClassifyResponse(
             labels=[pb.Label(name=n, probability=p) for n, p in labels], model=entry.model.name, model_version=entry.model.version
@@ -163,12 +177,12 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             is_default=entry.model.name == self.engine.default,
         )
 
-    @_unary("GetModelInfo")
-    def GetModelInfo(self, request, context):  # noqa: N802
+    @_rpc("GetModelInfo")
+    async def GetModelInfo(self, request, context):  # noqa: N802
         return self._info(self.engine.get(request.model))
 
-    @_unary("ListModels")
-    def ListModels(self, request, context):  # noqa: N802
+    @_rpc("ListModels")
+    async def ListModels(self, request, context):  # noqa: N802
         self.engine.get("")
         return pb.ListModelsResponse(models=[self._info(e) for e in self.engine.entries.values()])
 
@@ -200,20 +214,20 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def ServerLive(self, request, context):  # noqa: N802
+    async def ServerLive(self, request, context):  # noqa: N802
         return kpb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request, context):  # noqa: N802
+    async def ServerReady(self, request, context):  # noqa: N802
         return kpb.ServerReadyResponse(ready=self.engine.ready.is_set())
 
-    def ModelReady(self, request, context):  # noqa: N802
+    async def ModelReady(self, request, context):  # noqa: N802
         return kpb.ModelReadyResponse(ready=self.engine.ready.is_set() and request.name in self.engine.entries)
 
-    def ServerMetadata(self, request, context):  # noqa: N802
+    async def ServerMetadata(self, request, context):  # noqa: N802
         return kpb.ServerMetadataResponse(name="captchakit", version=captcha.__version__, extensions=[])
 
-    @_unary("ModelMetadata")
-    def ModelMetadata(self, request, context):  # noqa: N802
+    @_rpc("ModelMetadata")
+    async def ModelMetadata(self, request, context):  # noqa: N802
         entry = self.engine.get(request.name)
         meta = kpb.ModelMetadataResponse
         return meta(
@@ -222,8 +236,8 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
             outputs=[meta.TensorMetadata(name="text", datatype="BYTES", shape=[-1]), meta.TensorMetadata(name="confidence", datatype="FP32", shape=[-1])],
         )
 
-    @_unary("ModelInfer")
-    def ModelInfer(self, request, context):  # noqa: N802
+    @_rpc("ModelInfer")
+    async def ModelInfer(self, request, context):  # noqa: N802
         entry = self.engine.get(request.model_name)
         if len(request.inputs) != 1 or request.inputs[0].datatype != "BYTES":
             raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "expected one BYTES input of encoded images")
@@ -231,8 +245,14 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
         images = _bytes_elements(request.inputs[0], raw)
         if not images:
             raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "no images in the input tensor")
-        staged = self.engine.submit_many(entry, images, [f"image[{i}]" for i in range(len(images))], context)
-        predictions = [self.engine.predict(entry, s, context) for s in staged]
+        staged = await self.engine.stage_many(entry, images, [f"image[{i}]" for i in range(len(images))])
+        try:
+            failed = next((s for s in staged if isinstance(s, RpcAbort)), None)
+            if failed is not None:  # one tensor in, one tensor out: a bad image fails the call
+                raise failed
+            predictions = await asyncio.gather(*(self.engine.predict(entry, s) for s in staged))
+        finally:
+            cancel_staged(staged)
         outputs = {
             "text": ("BYTES", _serialize_bytes([p.text.encode() for p in predictions])),
             "confidence": ("FP32", np.asarray([p.confidence for p in predictions], "<f4").tobytes()),
