@@ -51,3 +51,31 @@ def test_failed_setup_is_reported_not_raised(bench, monkeypatch, tmp_path: Path)
     monkeypatch.setattr(bench.subprocess, "run", fail)
     python, reason = bench.ensure_ddddocr(str(tmp_path / "missing" / "python"), str(tmp_path / "venv"), log=lambda _m: None)
     assert python is None and "venv" in reason and "no ensurepip here" in reason
+
+
+COMPARE = BENCH.parent / "serve_compare.py"
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("serve_compare", COMPARE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_variant_syntax(compare) -> None:
+    assert compare._parse_variant("old=b45321e:--grpc-threads 300") == ("old", "b45321e", ["--grpc-threads", "300"])
+    assert compare._parse_variant("now=.") == ("now", ".", [])
+    for bad in ("no-equals", "=HEAD", "name="):
+        with pytest.raises(Exception, match="NAME=REV"):
+            compare._parse_variant(bad)
+
+
+def test_compare_runs_a_server_and_prints_a_table(compare, capsys) -> None:
+    """One round, one short cell, the working tree's server with a flag: a row with a figure."""
+    assert compare.main(["--variant", "now=.:--max-batch 4", "--cells", "unary:2", "--rounds", "1", "--seconds", "0.5", "--images", "16"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| Recognize |"))
+    median = float(row.split("|")[3].split("(")[0])
+    assert median > 0 and "Machine:" in out
