@@ -29,6 +29,7 @@ from captcha.augment import AUGMENT_LEVELS, augment_batch
 from captcha.constants import DEFAULT_MAX_PARAMS, IMAGE_EXTENSIONS, INPUT_SIZE, NORM_MEAN, NORM_STD
 from captcha.data import DataError, Dataset, Sample, check_labels, load_images, load_splits, split_samples
 from captcha.decoding import decode
+from captcha.distill import distillation_loss, load_teacher
 from captcha.metrics import format_accuracies, per_char_accuracy, sequence_accuracy
 from captcha.models import count_parameters, create_model
 from captcha.preprocess import get_preprocessor
@@ -73,6 +74,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast when training on CUDA (ignored on CPU)
     unlabeled: str | None = None  # folder of unlabeled images of the same style, pseudo-labeled during training
     pseudo_threshold: float = 0.95  # use a pseudo-label only when every character's probability reaches this
+    teacher: str | None = None  # a trained run whose per-character distributions the student also learns (distillation)
+    distill_weight: float = 0.5  # share of the distillation term in the loss, with --teacher
+    distill_temperature: float = 2.0  # softening of both distributions, with --teacher
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -91,6 +95,10 @@ class TrainConfig:
             raise ValueError("--ema must be in [0, 1)")
         if not 0.0 < self.pseudo_threshold <= 1.0:
             raise ValueError("--pseudo-threshold must be in (0, 1]")
+        if not 0.0 < self.distill_weight <= 1.0:
+            raise ValueError("--distill-weight must be in (0, 1]")
+        if self.distill_temperature <= 0:
+            raise ValueError("--distill-temperature must be positive")
         get_preprocessor(self.preprocess)  # raises on an unknown name
         self.input_size = tuple(self.input_size)
 
@@ -149,9 +157,11 @@ def train_one_epoch(
     progress_desc: str = "",
     ema_model: torch.optim.swa_utils.AveragedModel | None = None,
     pseudo: tuple[torch.Tensor, torch.Tensor] | None = None,
+    teacher: nn.Module | None = None,
 ) -> EpochStats:
     """One pass over the labeled images; with `pseudo` (images, targets), every batch also gets as
-    many pseudo-labeled images drawn at random from that pool."""
+    many pseudo-labeled images drawn at random from that pool; with a `teacher`, the loss mixes
+    in distillation from its logits on the same augmented batch."""
     model.train()
     device = next(model.parameters()).device
     n = images.shape[0]
@@ -172,7 +182,13 @@ def train_one_epoch(
         y = y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
             logits = model(x)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
         loss = loss_fn(logits, y, config.head, config.label_smoothing)
+        if teacher is not None:
+            w = config.distill_weight
+            loss = (1.0 - w) * loss + w * distillation_loss(logits, teacher_logits, config.distill_temperature)
         logits = logits[: len(idx)]  # the epoch's statistics cover the labeled images only
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -426,6 +442,14 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
             continue
         tensors[name] = (torch.from_numpy(ds.images).to(device), encode_labels(ds.labels, data.alphabet, max(width, max((len(t) for t in ds.labels), default=1))))
     unlabeled = load_unlabeled(config).to(device) if config.unlabeled else None
+    teacher = None
+    if config.teacher:
+        teacher = load_teacher(config.teacher, device, alphabet=data.alphabet.symbols, length=data.length, head=config.head,
+                               preprocess=config.preprocess, input_size=config.input_size)
+        if dist.is_main():
+            t_val = evaluate(teacher, *tensors["val"], val.labels, data.alphabet.symbols, config.head, config.eval_batch_size)
+            log(f"Distilling from {config.teacher} ({count_parameters(teacher):,} parameters, val whole-string "
+                f"{t_val.sequence * 100:.2f}%), weight {config.distill_weight}, temperature {config.distill_temperature}")
     pseudo_from = max(2, int(config.epochs * PSEUDO_START) + 1)
     pseudo_every = max(1, (config.epochs - pseudo_from + 1) // PSEUDO_REFRESHES)
     pseudo = None
@@ -476,7 +500,7 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
             if dist.is_main():
                 log(f"Pseudo-labels for epoch {epoch}: {len(pseudo[0])} of {len(unlabeled)} unlabeled images read with "
                     f"every character at {config.pseudo_threshold:.2f} or above")
-        train_stats = train_one_epoch(ddp_model, *tensors["train"], train.labels, optimizer, scheduler, config, data.alphabet.symbols, generator, f"epoch {epoch}/{config.epochs}", ema_model, pseudo)
+        train_stats = train_one_epoch(ddp_model, *tensors["train"], train.labels, optimizer, scheduler, config, data.alphabet.symbols, generator, f"epoch {epoch}/{config.epochs}", ema_model, pseudo, teacher)
         val_stats = evaluate(eval_model, *tensors["val"], val.labels, data.alphabet.symbols, config.head, config.eval_batch_size)
         elapsed = time.perf_counter() - timer_start
         rows = [
