@@ -9,6 +9,8 @@ the 62-symbol `PRETRAIN_ALPHABET`, trains the model on them with the regular tra
 (`captcha.train.fit`, strong augmentation), and writes the best weights as float16 to
 `captcha/weights/<model>-<preprocess>-<head>.pt`, where `captcha train --init pretrained` finds
 them. The generated set and the full run stay in `--work-dir` (resumable with --resume).
+`--init pretrained` continues from the shipped weights (or `--init CKPT` from any checkpoint)
+instead of starting at random: more pre-training epochs without paying again for the first ones.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class PretrainConfig:
     work_dir: str = "runs/pretrain"
     out: str | None = None  # default: the package's weights folder
     resume: bool = False
+    init: str = "none"  # none (random) | pretrained (continue from the shipped weights) | a checkpoint
 
 
 def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path:
@@ -60,7 +63,7 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path
         data=str(data), out=str(work / f"run-{config.model}-{config.preprocess}-{config.head}"),
         model=config.model, preprocess=config.preprocess, head=config.head, epochs=config.epochs,
         batch_size=config.batch_size, lr=config.lr, augment=config.augment, seed=config.seed,
-        device=config.device, alphabet=pretrained.PRETRAIN_ALPHABET, init=pretrained.SCRATCH,
+        device=config.device, alphabet=pretrained.PRETRAIN_ALPHABET, init=config.init,
         resume=config.resume,
     )
     result = fit(train_config, log=log)
@@ -104,4 +107,5 @@ def register(sub) -> None:
     p.add_argument("--work-dir", help=f"generated set and full run (default {d.work_dir})")
     p.add_argument("--out", help="weights file (default captcha/weights/<model>-<preprocess>-<head>.pt)")
     p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted pre-training run")
+    p.add_argument("--init", help="none (default: random) | pretrained (continue from the shipped weights) | a checkpoint")
     p.set_defaults(func=_cmd_pretrain)

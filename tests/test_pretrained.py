@@ -10,6 +10,7 @@ import torch
 
 from captcha import pretrained
 from captcha.checkpoint import load_checkpoint, make_meta, save_checkpoint
+from captcha.cli import build_parser
 from captcha.generate import EVAL_STYLES, MIX_VARIETY, PRETRAIN_STYLES, STYLES, Style, mixed_style, render
 from captcha.models import create_model
 from captcha.pretrain import PretrainConfig, pretrain
@@ -108,6 +109,18 @@ def test_pretrain_command_writes_weights_that_train_finds(tmp_path, easy_data):
     messages = []
     fit(TrainConfig(data=str(easy_data), out=str(tmp_path / "ft"), epochs=1, preprocess="gray", init=str(out), cache_dir=str(tmp_path / "c")), log=messages.append)
     assert any(m.startswith("Initialised") and str(out) in m for m in messages)
+
+
+def test_pretrain_starts_at_random_or_continues_from_given_weights(tmp_path):
+    messages: list[str] = []
+    small = dict(images=64, val_images=16, epochs=1, batch_size=32, work_dir=str(tmp_path / "work"))
+    first = pretrain(PretrainConfig(**small, out=str(tmp_path / "a.pt")), log=messages.append)
+    assert any(m.startswith("Initialised at random") for m in messages)
+    messages.clear()
+    pretrain(PretrainConfig(**small, out=str(tmp_path / "b.pt"), init=str(first)), log=messages.append)
+    assert any(m.startswith("Initialised") and str(first) in m and "at random" not in m for m in messages)
+    args = build_parser().parse_args(["pretrain", "--init", "pretrained", "--epochs", "5"])
+    assert (args.init, args.epochs) == ("pretrained", 5)
 
 
 def test_shipped_weights_learn_an_unseen_style_faster_than_scratch(tmp_path):
