@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -10,6 +12,22 @@ import torch
 from captcha.generate import GeneratorConfig, generate_dataset
 
 torch.set_num_threads(2)
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _import_benchmark(name: str) -> ModuleType:
+    """Import `benchmarks/<name>.py` (a script folder, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """`benchmark_script("serve_bench")` imports benchmarks/serve_bench.py."""
+    return _import_benchmark
 
 
 @pytest.fixture(scope="session")

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import sys
 from pathlib import Path
 
 import cv2
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "legibility.py"
-
-
 @pytest.fixture(scope="module")
-def legibility():
-    spec = importlib.util.spec_from_file_location("legibility", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def legibility(benchmark_script):
+    return benchmark_script("legibility")
 
 
 def test_score_counts_whole_strings_and_characters(legibility):

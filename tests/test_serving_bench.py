@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "serve_bench.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("serve_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(benchmark_script):
+    return benchmark_script("serve_bench")
 
 
 def test_default_venv_is_a_user_cache_not_a_fixed_path(bench, monkeypatch, tmp_path: Path) -> None:
@@ -53,15 +47,9 @@ def test_failed_setup_is_reported_not_raised(bench, monkeypatch, tmp_path: Path)
     assert python is None and "venv" in reason and "no ensurepip here" in reason
 
 
-COMPARE = BENCH.parent / "serve_compare.py"
-
-
 @pytest.fixture(scope="module")
-def compare():
-    spec = importlib.util.spec_from_file_location("serve_compare", COMPARE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def compare(benchmark_script):
+    return benchmark_script("serve_compare")
 
 
 def test_compare_variant_syntax(compare) -> None:
