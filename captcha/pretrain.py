@@ -40,7 +40,7 @@ class PretrainConfig:
     work_dir: str = "runs/pretrain"
     out: str | None = None  # default: the package's weights folder
     resume: bool = False
-    init: str = "none"  # none (random) | pretrained (continue from the shipped weights) | a checkpoint
+    init: str = pretrained.SCRATCH  # none (random) | pretrained (continue from the shipped weights) | a checkpoint
 
 
 def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path:
