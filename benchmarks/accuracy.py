@@ -41,6 +41,7 @@ from captcha.sweep import markdown_table, run_sweep  # noqa: E402
 from captcha.train import TrainConfig, default_data_dir, fit  # noqa: E402
 
 ALPHABET_36 = string.digits + string.ascii_lowercase
+DATA_SEED = 123  # every evaluation set is drawn with this seed (legibility.py reads the same test images)
 RECIPES = {
     "default recipe": {},
     "plain resnet18_mod (fixed heads, no augmentation, 25 epochs)": {
@@ -86,7 +87,7 @@ def main() -> None:
             splits = {"train": args.train, "val": 1000, "test": 3000}
             if args.unlabeled:
                 splits["unlabeled"] = args.unlabeled  # a folder the loader does not read as a split
-            generate_dataset(data, GeneratorConfig(alphabet=ALPHABET_36, styles=(style,), seed=123, splits=splits))
+            generate_dataset(data, GeneratorConfig(alphabet=ALPHABET_36, styles=(style,), seed=DATA_SEED, splits=splits))
             recipes = dict(RECIPES)
             if args.unlabeled:
                 recipes[f"default + {args.unlabeled} unlabeled (pseudo-labels)"] = {"unlabeled": str(data / "unlabeled")}

@@ -13,8 +13,10 @@ a text file (whitespace or newlines between readings; `?` for a character they
 cannot make out). `score` prints the reader's whole-string and per-character accuracy and every
 miss; with `--run` it also reads the same images with a trained run, side by side.
 
-A model's accuracy on a style means little without knowing how readable the style is: this is
-the measurement of that ceiling, by a reader who has never seen the style's labels.
+A model's accuracy on a style means little without knowing how readable the style is: this
+measures it for a person who has studied a few labeled examples. A reader is no ceiling (they do
+not know an unseen font's details as well as a model trained on thousands of labels), but a style
+that such a reader mostly misreads is hard by any measure.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import shutil
-import string
 import sys
 import tempfile
 from pathlib import Path
@@ -30,10 +31,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from captcha.generate import GeneratorConfig, generate_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ALPHABET_36 = string.digits + string.ascii_lowercase  # as in benchmarks/accuracy.py
-ACCURACY_SEED = 123  # benchmarks/accuracy.py's data seed: the sheet's images are from its test split
+from accuracy import ALPHABET_36, DATA_SEED  # noqa: E402  the sheet's images are accuracy.py's test images
+
+from captcha.generate import GeneratorConfig, generate_dataset  # noqa: E402
 
 
 def _tile_sheet(images: list[np.ndarray], captions: list[str], columns: int, scale: int) -> np.ndarray:
@@ -53,7 +55,7 @@ def make_sheet(style: str, count: int, seed: int, out: Path, columns: int = 4, s
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         # Train is not drawn; each split has its own seed stream, so these are accuracy.py's val and test images.
-        generate_dataset(tmp, GeneratorConfig(alphabet=ALPHABET_36, styles=(style,), seed=ACCURACY_SEED,
+        generate_dataset(tmp, GeneratorConfig(alphabet=ALPHABET_36, styles=(style,), seed=DATA_SEED,
                                               splits={"train": 0, "val": 1000, "test": 3000}))
         examples = sorted((Path(tmp) / "val").glob("*.png"))[:study]
         cv2.imwrite(str(out / "study.png"), _tile_sheet([cv2.imread(str(p)) for p in examples],
@@ -107,9 +109,12 @@ def main() -> None:
         print(f"{len(key)} images of {args.style}: study {args.out / 'study.png'}, then read {args.out / 'sheet.png'} "
               f"without opening {args.out / 'key.csv'}")
         return
-    key = read_key(args.key)
+    try:
+        key = read_key(args.key)
+        readings = args.answers.read_text().split()
+    except (OSError, KeyError) as e:
+        sys.exit(f"legibility.py score: cannot read {args.key} (columns number,file,label) and {args.answers}: {e}")
     truths = [label for _, label in key]
-    readings = args.answers.read_text().split()
     try:
         reader = score(truths, readings)
     except ValueError as e:

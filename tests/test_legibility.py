@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+
 @pytest.fixture(scope="module")
 def legibility(benchmark_script):
     return benchmark_script("legibility")
@@ -43,4 +44,8 @@ def test_sheet_then_score_with_a_model_beside_the_reader(legibility, trained_run
     answers.write_text("abcd")
     monkeypatch.setattr(sys, "argv", ["legibility.py", "score", str(out / "key.csv"), str(answers)])
     with pytest.raises(SystemExit, match="1 readings for 6 images"):
+        legibility.main()
+
+    monkeypatch.setattr(sys, "argv", ["legibility.py", "score", str(out / "key.csv"), str(tmp_path / "missing.txt")])
+    with pytest.raises(SystemExit, match="missing.txt"):
         legibility.main()
