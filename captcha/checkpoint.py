@@ -2,7 +2,7 @@
 
 `best.pt` = {"meta": {...}, "model_state": state_dict}. The meta carries the architecture and
 its arguments, the task, alphabet or class names, label length, input size, channels,
-preprocessor, normalisation, training config, metrics and library versions. Loading rebuilds the
+preprocessor, normalisation, test-time views (`tta`), training config, metrics and library versions. Loading rebuilds the
 model from the meta alone: no flag can disagree with it.
 """
 
@@ -18,6 +18,7 @@ import torch.nn as nn
 
 import captcha
 from captcha.models import create_model
+from captcha.tta import views_for
 
 FORMAT_VERSION = 1
 BEST = "best.pt"
@@ -74,7 +75,11 @@ def make_meta(
 
 
 def build_model(meta: dict[str, Any]) -> nn.Module:
-    return create_model(meta["model"]["name"], **meta["model"]["args"])
+    """The model the meta describes, reading `meta["tta"]` shifted views in eval mode (1 if absent)."""
+    model = create_model(meta["model"]["name"], **meta["model"]["args"])
+    if meta.get("tta", 1) > 1:
+        model.test_shifts = views_for(meta["tta"])
+    return model
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any], **extra: Any) -> Path:

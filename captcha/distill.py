@@ -48,6 +48,7 @@ def load_teacher(
             raise TeacherMismatchError(f"--teacher {where}: {name} is {got}, the student needs {want}")
     for p in model.parameters():
         p.requires_grad_(False)
+    model.test_shifts = ()  # one view: the teacher reads every training batch, test-time views would cost 5x
     return model.eval()
 
 

@@ -1,7 +1,8 @@
 """Export a trained run to ONNX, with every fact a server needs inside the file.
 
 The ONNX graph takes the *normalised* float32 batch [B, K, H, W] (input "images") and returns
-the raw logits (output "logits"); decoding, preprocessing and normalisation stay in Python
+the raw logits (output "logits"; with test-time views, `captcha.tta`, the graph reads each image
+at its shifts and returns the log of the averaged probabilities); decoding, preprocessing and normalisation stay in Python
 (`captcha.preprocess`, `captcha.decoding`) so the server runs the very same code as training.
 The checkpoint's meta goes into `metadata_props`, so an .onnx file alone is enough to serve.
 
@@ -54,6 +55,7 @@ def metadata_from_meta(meta: dict[str, Any]) -> dict[str, str]:
         "normalization": json.dumps({"mean": float(norm.get("mean", 0.5)), "std": float(norm.get("std", 0.5))}),
         "model_name": meta["model"]["name"],
         "model_args": json.dumps(meta["model"].get("args", {})),
+        "tta": str(int(meta.get("tta", 1))),  # test-time views, already inside the graph
         "captchakit_version": captcha.__version__,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,

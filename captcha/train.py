@@ -34,6 +34,7 @@ from captcha.metrics import format_accuracies, per_char_accuracy, sequence_accur
 from captcha.models import count_parameters, create_model
 from captcha.preprocess import get_preprocessor
 from captcha.progress import ProgressBar
+from captcha.tta import views_for
 
 
 class ParameterBudgetError(ValueError):
@@ -57,7 +58,8 @@ class TrainConfig:
     schedule: str = "onecycle"  # onecycle | cosine | constant
     label_smoothing: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights, validated and saved instead; 0 = off
-    augment: str = "light"  # none | light | strong (on the training device)
+    augment: str = "light"  # none | light | strokes | strong (on the training device)
+    tta: int = 5  # views read per image at evaluation and inference (captcha.tta): 1, 5 or 9; 1 = off
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     patience: int = 0  # stop after this many epochs without a better val score; 0 = never
@@ -100,6 +102,7 @@ class TrainConfig:
         if self.distill_temperature <= 0:
             raise ValueError("--distill-temperature must be positive")
         get_preprocessor(self.preprocess)  # raises on an unknown name
+        views_for(self.tta)  # raises on an unsupported count
         self.input_size = tuple(self.input_size)
 
 
@@ -470,6 +473,7 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
         alphabet=data.alphabet.symbols, length=data.length, config=_config_dict(config),
     )
     meta["parameters"] = n_params
+    meta["tta"] = config.tta  # validated during training with one view, for speed; the final scores use them all
     history: list[dict] = []
     best_score, best_epoch, start_epoch, stale, train_seconds = -1.0, 0, 1, 0, 0.0
     if resume_state is not None:
@@ -554,7 +558,8 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
         learning_curves(history, run_dir / "learning_curves.png")
         if test_stats:
             log(log_line(best_epoch, config.epochs, "test", test_stats, train_seconds).replace(f"Epoch [{best_epoch}/{config.epochs}]", f"Best epoch [{best_epoch}/{config.epochs}]"))
-        log(f"Saved the best model (epoch {best_epoch}, val whole-string {best_score * 100:.2f}%) to {run_dir / ckpt.BEST}")
+        views = f", {config.tta} views: {val_best.sequence * 100:.2f}%" if config.tta > 1 else ""
+        log(f"Saved the best model (epoch {best_epoch}, val whole-string {best_score * 100:.2f}%{views}) to {run_dir / ckpt.BEST}")
     return RunResult(run_dir, best_epoch, _stats_dict(val_best), _stats_dict(test_stats) if test_stats else None, n_params, train_seconds)
 
 

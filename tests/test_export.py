@@ -48,6 +48,7 @@ def test_metadata_holds_every_serving_fact(exported, run_dir: Path) -> None:
     assert props["preprocess"] == meta["preprocess"]
     assert json.loads(props["normalization"]) == {"mean": meta["normalization"]["mean"], "std": meta["normalization"]["std"]}
     assert props["model_name"] == meta["model"]["name"] and props["head"] == meta.get("head", "fixed")
+    assert int(props["tta"]) == meta["tta"] == 5  # the default's test-time views, inside the graph
     assert props["captchakit_version"]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from captcha.tta import average_readings, shifted_views
+
 HEAD_TYPES = ("fixed", "attention", "ctc")
 
 
@@ -84,6 +86,10 @@ class Recognizer(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.test_shifts: tuple[tuple[int, int], ...] = ()  # eval-mode test-time augmentation (captcha.tta); () = off
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        if self.training or len(self.test_shifts) < 2:
+            return self.head(self.backbone(x))
+        views = shifted_views(x, self.test_shifts)
+        return average_readings(self.head(self.backbone(views)), len(self.test_shifts))
