@@ -200,7 +200,8 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
     p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help=f"default {d.optimizer}")
-    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
+    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay} (AdamW's decoupled decay; with --optimizer adam or sgd "
+                   "it is an L2 penalty, where about 1e-4 suits)")
     p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), help=f"default {d.schedule}")
     p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
     p.add_argument("--ema", type=float, help=f"decay of a moving average of the weights that is validated and saved, e.g. 0.999 (default {d.ema}: off)")

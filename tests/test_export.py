@@ -66,6 +66,23 @@ def test_dynamic_batch_matches_torch(exported, run_dir: Path) -> None:
         assert [p.text for p in predictor.decode(got)] == [p.text for p in predictor.decode(want)]
 
 
+def test_export_can_drop_the_test_time_views(run_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from captcha.checkpoint import load_model
+
+    single = export_onnx(run_dir, tmp_path / "one-view.onnx", verify_images=8, log=lambda s: None, tta=1)
+    assert single.agree
+    assert {p.key: p.value for p in onnx.load(str(single.path)).metadata_props}["tta"] == "1"
+    model, _ = load_model(run_dir)
+    model.test_shifts = ()
+    x = np.random.default_rng(0).standard_normal((3, 1, 50, 130)).astype(np.float32)
+    session = ort.InferenceSession(str(single.path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], want, atol=1e-3)
+
+
 def test_triton_layout(run_dir: Path, tmp_path: Path) -> None:
     model_dir = export_triton(run_dir, tmp_path / "repo", "captcha", verify_images=4, log=lambda s: None)
     assert (model_dir / "1" / "model.onnx").is_file()
