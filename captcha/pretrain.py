@@ -34,6 +34,7 @@ class PretrainConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 3e-3
+    weight_decay: float = 1e-4  # what the shipped weights were trained with (fine-tuning's default is 0.05)
     augment: str = "strong"
     seed: int = 0
     device: str = "auto"
@@ -62,9 +63,9 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path
     train_config = TrainConfig(
         data=str(data), out=str(work / f"run-{config.model}-{config.preprocess}-{config.head}"),
         model=config.model, preprocess=config.preprocess, head=config.head, epochs=config.epochs,
-        batch_size=config.batch_size, lr=config.lr, augment=config.augment, seed=config.seed,
+        batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay, augment=config.augment, seed=config.seed,
         device=config.device, alphabet=pretrained.PRETRAIN_ALPHABET, init=config.init,
-        resume=config.resume,
+        resume=config.resume, tta=1,  # the compact weights carry no views; the synthetic val score is one view's
     )
     result = fit(train_config, log=log)
     out = Path(config.out) if config.out else pretrained.WEIGHTS_DIR / pretrained.weights_name(config.model, config.preprocess, config.head)
