@@ -18,7 +18,7 @@ import torch.nn as nn
 
 import captcha
 from captcha.models import create_model
-from captcha.tta import views_for
+from captcha.tta import read_views
 
 FORMAT_VERSION = 1
 BEST = "best.pt"
@@ -77,8 +77,7 @@ def make_meta(
 def build_model(meta: dict[str, Any]) -> nn.Module:
     """The model the meta describes, reading `meta["tta"]` shifted views in eval mode (1 if absent)."""
     model = create_model(meta["model"]["name"], **meta["model"]["args"])
-    if meta.get("tta", 1) > 1:
-        model.test_shifts = views_for(meta["tta"])
+    read_views(model, meta.get("tta", 1))
     return model
 
 

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from captcha import checkpoint as ckpt
+from captcha.tta import read_views
 
 
 class TeacherMismatchError(ValueError):
@@ -48,7 +49,7 @@ def load_teacher(
             raise TeacherMismatchError(f"--teacher {where}: {name} is {got}, the student needs {want}")
     for p in model.parameters():
         p.requires_grad_(False)
-    model.test_shifts = ()  # one view: the teacher reads every training batch, test-time views would cost 5x
+    read_views(model, 1)  # the teacher reads every training batch: test-time views would cost 5x
     return model.eval()
 
 

@@ -221,12 +221,12 @@ def export_onnx(
     import torch
 
     from captcha.checkpoint import load_model, resolve_checkpoint
-    from captcha.tta import views_for
+    from captcha.tta import read_views
 
     checkpoint = resolve_checkpoint(run)
     model, meta = load_model(checkpoint, "cpu")
     if tta is not None:
-        model.test_shifts = views_for(tta) if tta > 1 else ()
+        read_views(model, tta)
         meta = {**meta, "tta": tta}
     out_path = Path(out) if out else checkpoint.parent / "model.onnx"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,6 +289,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `captcha export`."""
+    from captcha.tta import TTA_VIEWS
+
     p = subparsers.add_parser("export", help="export a trained run to ONNX (or a Triton model repository)")
     p.add_argument("run", help="run directory or checkpoint")
     p.add_argument("--out", help="output .onnx file (default RUN_DIR/model.onnx); with --format triton, the repository folder (default model_repository)")
@@ -297,6 +299,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--verify-images", type=int, default=32, help="images to check ONNX Runtime against torch on")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs torch check")
-    p.add_argument("--tta", type=int, choices=(1, 5, 9), help="test-time views in the graph (default: the run's, see "
+    p.add_argument("--tta", type=int, choices=sorted(TTA_VIEWS), help="test-time views in the graph (default: the run's, see "
                    "captcha train --tta); 1 serves five times as many images per second as 5")
     p.set_defaults(func=_cmd_export)

@@ -58,7 +58,7 @@ class TrainConfig:
     schedule: str = "onecycle"  # onecycle | cosine | constant
     label_smoothing: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights, validated and saved instead; 0 = off
-    augment: str = "light"  # none | light | strokes | strong (on the training device)
+    augment: str = "light"  # none | light | strong (on the training device)
     tta: int = 5  # views read per image at evaluation and inference (captcha.tta): 1, 5 or 9; 1 = off
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

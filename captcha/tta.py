@@ -24,6 +24,11 @@ TTA_VIEWS: dict[int, tuple[tuple[int, int], ...]] = {
 _FLOOR = 1e-12  # averaged probabilities are floored before the log, so no class reads -inf
 
 
+def read_views(model, count: int) -> None:
+    """Make `model` (a Recognizer) read `count` views in eval mode; 1 = the image alone."""
+    model.test_shifts = views_for(count) if count > 1 else ()
+
+
 def views_for(count: int) -> tuple[tuple[int, int], ...]:
     try:
         return TTA_VIEWS[count]
