@@ -207,7 +207,7 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
     p.add_argument("--ema", type=float, help=f"decay of a moving average of the weights that is validated and saved, e.g. 0.999 (default {d.ema}: off)")
     p.add_argument("--augment", choices=AUGMENT_LEVELS, help=f"random augmentation on the training device (default {d.augment})")
     p.add_argument("--tta", type=int, choices=sorted(TTA_VIEWS), help=f"views read per image when evaluating and serving: the image "
-                   f"and its one-pixel shifts, averaged (default {d.tta}; 1 = off, 5x less inference work)")
+                   f"and its one-pixel shifts, averaged (default {d.tta}; 1 = off, a fifth of the model work per image of 5)")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto (CUDA when available)")
     p.add_argument("--patience", type=int, help="stop after this many epochs without a better val score (default 0: never)")

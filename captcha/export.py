@@ -300,5 +300,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--verify-images", type=int, default=32, help="images to check ONNX Runtime against torch on")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs torch check")
     p.add_argument("--tta", type=int, choices=sorted(TTA_VIEWS), help="test-time views in the graph (default: the run's, see "
-                   "captcha train --tta); 1 serves five times as many images per second as 5")
+                   "captcha train --tta); 1 does a fifth of the model work per image of 5")
     p.set_defaults(func=_cmd_export)
