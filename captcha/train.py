@@ -52,7 +52,7 @@ class TrainConfig:
     head: str = "attention"  # attention (position-aware) | fixed (pooled, as in the course) | ctc (variable length)
     epochs: int = 60  # benchmarks/accuracy.py: whole-string on the three eval styles in the README, 11-14 min on 2 CPU cores
     batch_size: int = 64
-    lr: float = 1e-2  # peak learning rate (eval-scriptc, weight_decay 0.05, 5 views: 1e-3 81.2%, 6e-3 89.7%, 1e-2 91.3%, 2e-2 90.9%)
+    lr: float = 1e-2  # peak learning rate (eval-scriptc, weight_decay 0.05, 5 views: 3e-3 88.1%, 6e-3 89.7%, 1e-2 91.3%, 2e-2 90.9%)
     optimizer: str = "adamw"  # adam | adamw | sgd
     weight_decay: float = 0.05  # AdamW's decoupled decay (eval-scriptc, 1 view at lr 3e-3: 1e-4 82.7%, 0.05 84.4%; 5 views at lr 1e-2: 0.1 91.2%); L2 with adam or sgd
     schedule: str = "onecycle"  # onecycle | cosine | constant
