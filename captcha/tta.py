@@ -25,8 +25,12 @@ _FLOOR = 1e-12  # averaged probabilities are floored before the log, so no class
 
 
 def read_views(model, count: int) -> None:
-    """Make `model` (a Recognizer) read `count` views in eval mode; 1 = the image alone."""
-    model.test_shifts = views_for(count) if count > 1 else ()
+    """Make `model` (a Recognizer) read `count` views in eval mode; 1 = the image alone.
+
+    An unsupported count raises, as everywhere else a count is read (`views_for`).
+    """
+    views = views_for(count)
+    model.test_shifts = views if len(views) > 1 else ()
 
 
 def views_for(count: int) -> tuple[tuple[int, int], ...]:

@@ -6,7 +6,7 @@ import torch
 from captcha.checkpoint import build_model, load_model
 from captcha.models import create_model
 from captcha.train import TrainConfig
-from captcha.tta import TTA_VIEWS, average_readings, shifted_views, views_for
+from captcha.tta import TTA_VIEWS, average_readings, read_views, shifted_views, views_for
 
 
 def test_each_view_is_the_image_moved_by_its_shift_with_edges_repeated():
@@ -54,3 +54,8 @@ def test_the_checkpoint_says_how_many_views_a_model_reads(trained_run):
 def test_an_unsupported_view_count_is_refused():
     with pytest.raises(ValueError, match="--tta"):
         TrainConfig(tta=3)
+    model = create_model("sepnet", num_classes=5, length=2)
+    for count in (0, 3):
+        with pytest.raises(ValueError, match="--tta"):
+            read_views(model, count)
+    assert model.test_shifts == ()
