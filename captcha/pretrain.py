@@ -34,7 +34,7 @@ class PretrainConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 3e-3
-    weight_decay: float = 1e-4  # what the shipped weights were trained with (fine-tuning's default is 0.05)
+    weight_decay: float = 1e-4  # the first run from random weights; the shipped file continued at lr 1e-2, 0.05 (README)
     augment: str = "strong"
     seed: int = 0
     device: str = "auto"
@@ -102,6 +102,7 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, help=f"default {d.lr}")
+    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
     p.add_argument("--augment", choices=("none", "light", "strong"), help=f"default {d.augment}")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")

@@ -119,8 +119,8 @@ def test_pretrain_starts_at_random_or_continues_from_given_weights(tmp_path):
     messages.clear()
     pretrain(PretrainConfig(**small, out=str(tmp_path / "b.pt"), init=str(first)), log=messages.append)
     assert any(m.startswith("Initialised") and str(first) in m and "at random" not in m for m in messages)
-    args = build_parser().parse_args(["pretrain", "--init", "pretrained", "--epochs", "5"])
-    assert (args.init, args.epochs) == ("pretrained", 5)
+    args = build_parser().parse_args(["pretrain", "--init", "pretrained", "--epochs", "5", "--lr", "0.01", "--weight-decay", "0.05"])
+    assert (args.init, args.epochs, args.lr, args.weight_decay) == ("pretrained", 5, 0.01, 0.05)
 
 
 def test_shipped_weights_learn_an_unseen_style_faster_than_scratch(tmp_path):
