@@ -124,7 +124,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from captcha.inference import evaluate_folder
 
-    report = evaluate_folder(args.run, args.data, args.split, args.device, args.skip_bad)
+    report = evaluate_folder(args.run, args.data, args.split, args.device, args.skip_bad, args.tta)
     if args.errors and not report["misread"]:
         print(f"No misread images: {args.errors} not written", file=sys.stderr if args.json else sys.stdout)
     elif args.errors:
@@ -140,7 +140,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     accs = ", ".join(f"{a * 100:.2f}%" for a in report["per_char_accuracy"])
     print(f"{report['data']}: {report['samples']} images, loss {report['loss']:.4f}")
     print(f"per-character accuracy: [{accs}]")
-    print(f"whole-string accuracy:  {report['sequence_accuracy'] * 100:.2f}%")
+    print(f"whole-string accuracy:  {report['sequence_accuracy'] * 100:.2f}% ({report['tta']} view{'s' if report['tta'] > 1 else ''} per image)")
     if report["confused_pairs"]:
         print("most confused (true -> predicted: count): " + ", ".join(f"{p['true']}->{p['predicted']}: {p['count']}" for p in report["confused_pairs"]))
     for item in report["skipped"]:
@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     from captcha.generate import MIX, STYLES
     from captcha.models import HEAD_TYPES, list_models
     from captcha.preprocess import list_preprocessors
+    from captcha.tta import TTA_VIEWS
 
     parser = argparse.ArgumentParser(prog="captcha", description="Train, evaluate and serve compact CAPTCHA recognizers.")
     parser.add_argument("--version", action="version", version=f"captchakit {__version__}")
@@ -284,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object (with every misread image)")
     p.add_argument("--errors", metavar="PNG", help="draw the misread images, truth -> prediction, into this picture")
     p.add_argument("--max-errors", type=int, default=48, help="at most this many images in --errors (default 48)")
+    p.add_argument("--tta", type=int, choices=sorted(TTA_VIEWS), help="test-time views read per image (default: the run's, see captcha train --tta)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="recognize images with a trained run")

@@ -22,6 +22,7 @@ from captcha.imageio import decode_image
 from captcha.metrics import confused_pairs, per_char_accuracy, sequence_accuracy
 from captcha.preprocess import get_preprocessor
 from captcha.train import loss_fn, predict_logits, resolve_device
+from captcha.tta import read_views
 
 
 @dataclass
@@ -55,9 +56,13 @@ class Predictor:
         return self.decode(self.logits(images))
 
 
-def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None, device: str = "auto", skip_bad: bool = False) -> dict[str, Any]:
-    """Accuracy of a trained run on a labeled folder (its `test/` split when it has one)."""
+def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None, device: str = "auto", skip_bad: bool = False,
+                    tta: int | None = None) -> dict[str, Any]:
+    """Accuracy of a trained run on a labeled folder (its `test/` split when it has one); `tta`
+    overrides the run's number of test-time views (`captcha.tta`)."""
     predictor = Predictor.from_run(run, device)
+    if tta is not None:
+        read_views(predictor.model, tta)
     meta = predictor.meta
     folder = Path(data)
     if split is None and has_split_folders(folder):
@@ -88,6 +93,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
         "loss": loss,
         "per_char_accuracy": per_char_accuracy(texts, labels, width),
         "sequence_accuracy": sequence_accuracy(texts, labels),
+        "tta": meta.get("tta", 1) if tta is None else tta,
         "confused_pairs": [{"true": a, "predicted": b, "count": n} for a, b, n in confused_pairs(texts, labels)],
         "misread": [{"path": str(s.path), "label": s.label, "predicted": t} for s, t in zip(encoded.samples, texts) if t != s.label],
         "skipped": [{"path": p, "reason": r} for p, r in problems],

@@ -46,6 +46,25 @@ def test_evaluate_and_predict_agree(trained_run, easy_data):
         assert len(p.char_confidences) == 2 and 0 < p.confidence <= 1
 
 
+def test_evaluate_reads_the_views_asked_for(trained_run, easy_data, capsys):
+    from captcha.tta import read_views
+
+    run_views = load_checkpoint(trained_run)["meta"].get("tta", 1)
+    assert evaluate_folder(trained_run, easy_data)["tta"] == run_views
+    one = evaluate_folder(trained_run, easy_data, tta=1)
+    assert one["tta"] == 1
+    predictor = Predictor.from_run(trained_run, "cpu")
+    read_views(predictor.model, 1)
+    paths = sorted((easy_data / "test").glob("*.png"))
+    right = sum(p.text == path.name.split("_")[0] for p, path in zip(predictor.predict_paths(paths), paths))
+    assert right / len(paths) == pytest.approx(one["sequence_accuracy"])
+    assert main(["evaluate", str(trained_run), "--data", str(easy_data), "--tta", "9", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tta"] == 9
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(trained_run), "--data", str(easy_data), "--tta", "4"])
+    assert "--tta" in capsys.readouterr().err
+
+
 def test_cli_evaluate_and_predict_json(trained_run, easy_data, capsys):
     assert main(["evaluate", str(trained_run), "--data", str(easy_data), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
