@@ -26,9 +26,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.min_length is not None:
         length = (args.min_length, args.length)
     splits = dict(zip(("train", "val", "test"), args.splits))
+    fonts: tuple[str, ...] = ()
+    if args.fonts:
+        from captcha.fonts import find_fonts
+
+        fonts = find_fonts(args.fonts, args.alphabet, log=print)
+        if not fonts:
+            print(f"error: --fonts {' '.join(args.fonts)}: no usable .ttf/.otf font there", file=sys.stderr)
+            return 2
     counts = generate_dataset(
         args.out,
-        GeneratorConfig(alphabet=args.alphabet, length=length, size=(args.height, args.width), splits=splits, styles=tuple(args.style), seed=args.seed),
+        GeneratorConfig(alphabet=args.alphabet, length=length, size=(args.height, args.width), splits=splits, styles=tuple(args.style), seed=args.seed, fonts=fonts),
     )
     print(f"Wrote {sum(counts.values())} images to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
     return 0
@@ -250,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", type=int, nargs=3, default=list(DEFAULT_SPLITS), metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--style", nargs="+", default=["course"], choices=[*STYLES, MIX], help=f"visual styles, mixed in turn ({MIX}: a new recombination of the pre-training styles per image)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fonts", nargs="+", metavar="PATH", help=f"TrueType/OpenType files or folders the {MIX} style also writes in")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("styles", help="list the generator's visual styles")

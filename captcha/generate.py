@@ -1,4 +1,5 @@
-"""A synthetic CAPTCHA generator drawn with OpenCV alone (its built-in Hershey fonts).
+"""A synthetic CAPTCHA generator drawn with OpenCV (its built-in Hershey fonts), plus any
+TrueType / OpenType files it is given (`captcha.fonts`) for the `mix` pre-training pseudo-style.
 
 Text drawn with varied fonts, rotation and warping, a noise curve through the text and noise
 dots; several named visual styles. The default `course` style mimics the course data: 4
@@ -19,6 +20,7 @@ import cv2
 import numpy as np
 
 from captcha.constants import DEFAULT_ALPHABET, DEFAULT_LENGTH, DEFAULT_SPLITS, INPUT_SIZE
+from captcha.fonts import is_font_path, render_glyph
 
 _F = cv2  # Hershey font ids live on cv2
 ALL_FONTS = (
@@ -38,7 +40,7 @@ class Style:
     """How one family of CAPTCHAs looks. Ranges are (low, high), drawn uniformly per image."""
 
     name: str
-    fonts: tuple[int, ...]
+    fonts: tuple[int | str, ...]  # Hershey font ids (int) or font file paths (str, `captcha.fonts`)
     italic: float = 0.0  # probability of the italic variant per character
     background: str = "light"  # light | dark | gradient | speckled
     text_color: str = "dark"  # dark | light | random | mono (one colour per image)
@@ -173,15 +175,22 @@ MIX = "mix"  # pseudo-style: every image recombines the pre-training styles' tra
 # pre-training sees many more letter shapes than five Hershey fonts, yet never a held-out font.
 # Named styles, the evaluation styles among them, keep the no-op defaults.
 MIX_VARIETY = {"glyph_aspect": (0.7, 1.35), "glyph_elastic": (0.0, 0.25)}
+# With font files given (`GeneratorConfig.fonts`), this share of `mix` images draws its text in
+# 1-3 of them instead of a pre-training style's Hershey faces.
+FONT_FILE_SHARE = 0.6
 
 
-def mixed_style(rng: np.random.Generator, names: tuple[str, ...] = PRETRAIN_STYLES) -> Style:
+def mixed_style(rng: np.random.Generator, names: tuple[str, ...] = PRETRAIN_STYLES, font_files: tuple[str, ...] = ()) -> Style:
     """A new style per call: each trait (font, colours, distortion, noise) comes from a random one
     of `names`, and the letter-shape variety (`MIX_VARIETY`) is drawn afresh. Pre-training sees
     many more combinations than five styles, yet never a font, colour scheme or noise kind that
-    only the evaluation styles have."""
+    only the evaluation styles have. With `font_files`, `FONT_FILE_SHARE` of the styles write in
+    some of those fonts instead."""
     sources = [STYLES[n] for n in names]
     traits = {f.name: getattr(sources[int(rng.integers(len(sources)))], f.name) for f in fields(Style) if f.name not in ("name", "description", *MIX_VARIETY)}
+    if font_files and rng.random() < FONT_FILE_SHARE:
+        picks = rng.choice(len(font_files), size=min(int(rng.integers(1, 4)), len(font_files)), replace=False)
+        traits["fonts"] = tuple(font_files[int(i)] for i in picks)
     if traits["background"] == "dark" or traits["text_color"] == "light":  # keep contrast: light on dark only
         traits["background"], traits["text_color"] = "dark", "light"
     low, high = MIX_VARIETY["glyph_aspect"]
@@ -222,13 +231,12 @@ def _background(rng: np.random.Generator, style: Style, h: int, w: int) -> np.nd
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _glyph(rng: np.random.Generator, style: Style, ch: str, height: int) -> np.ndarray:
-    """A float32 coverage mask of one rotated, sheared character, cropped to its ink."""
-    font = int(rng.choice(style.fonts))
-    if rng.random() < style.italic:
-        font |= cv2.FONT_ITALIC
-    thickness = int(rng.integers(style.thickness[0], style.thickness[1] + 1))
-    target = height * rng.uniform(*style.char_height)
+FONT_FILE_ITALIC_SHEAR = 0.25  # a font file's "italic": a slant, as the Hershey italic variant has
+FONT_FILE_CAP_HEIGHT = 0.8  # capital height per target glyph height (a Hershey capital's share)
+
+
+def _hershey_canvas(style_font: int, italic: bool, ch: str, target: float, thickness: int) -> np.ndarray:
+    font = style_font | cv2.FONT_ITALIC if italic else style_font
     (tw, th), base = cv2.getTextSize(ch, font, 1.0, thickness)
     scale = target / max(th + base * 0.5, 1)
     (tw, th), base = cv2.getTextSize(ch, font, scale, thickness)
@@ -236,11 +244,30 @@ def _glyph(rng: np.random.Generator, style: Style, ch: str, height: int) -> np.n
     size = max(tw, th + base) + 2 * pad
     canvas = np.zeros((size, size), np.uint8)
     cv2.putText(canvas, ch, ((size - tw) // 2, (size + th) // 2), font, scale, 255, thickness, cv2.LINE_AA)
+    return canvas
+
+
+def _glyph(rng: np.random.Generator, style: Style, ch: str, height: int) -> np.ndarray:
+    """A float32 coverage mask of one rotated, sheared character, cropped to its ink."""
+    font = rng.choice(style.fonts)  # the random draws keep their order: the same seed, the same images
+    italic = rng.random() < style.italic
+    if is_font_path(font):
+        target = height * rng.uniform(*style.char_height)
+        # the style's thickness range, read as 0-1 px of faux bold at 2x on the font's own strokes
+        stroke = int(rng.integers(0, 2)) if style.thickness[1] >= 3 else 0
+        canvas = render_glyph(str(font), ch, target * FONT_FILE_CAP_HEIGHT, stroke)
+    else:
+        thickness = int(rng.integers(style.thickness[0], style.thickness[1] + 1))
+        target = height * rng.uniform(*style.char_height)
+        canvas = _hershey_canvas(int(font), italic, ch, target, thickness)
+    size = canvas.shape[0]
     if style.glyph_elastic > 0:
         canvas = _elastic(rng, canvas, style.glyph_elastic * target)
     angle = rng.uniform(-style.rotation, style.rotation)
     matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1.0)
     matrix[0, 1] += rng.uniform(-style.shear, style.shear)
+    if italic and is_font_path(font):
+        matrix[0, 1] -= FONT_FILE_ITALIC_SHEAR
     canvas = cv2.warpAffine(canvas, matrix, (size, size), flags=cv2.INTER_LINEAR)
     ys, xs = np.nonzero(canvas > 20)
     if len(xs) == 0:
@@ -358,6 +385,7 @@ class GeneratorConfig:
     splits: dict[str, int] = field(default_factory=lambda: dict(zip(("train", "val", "test"), DEFAULT_SPLITS)))
     styles: tuple[str, ...] = ("course",)
     seed: int = 0
+    fonts: tuple[str, ...] = ()  # font files the `mix` pseudo-style may also write in (captcha.fonts.find_fonts)
 
 
 def generate_dataset(out_dir: str | Path, config: GeneratorConfig) -> dict[str, int]:
@@ -375,7 +403,7 @@ def generate_dataset(out_dir: str | Path, config: GeneratorConfig) -> dict[str, 
         rows = []
         for i in range(count):
             text = random_text(rng, config.alphabet, config.length)
-            style = styles[i % len(styles)] or mixed_style(rng)
+            style = styles[i % len(styles)] or mixed_style(rng, font_files=config.fonts)
             img = render(text, style, rng, config.size)
             name = f"{text}_{i:05d}.png"
             cv2.imwrite(str(split_dir / name), img)

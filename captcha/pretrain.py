@@ -1,10 +1,11 @@
 """`captcha pretrain`: make the shipped synthetic pre-training weights, reproducibly.
 
-    captcha pretrain --model sepnet --preprocess gray --images 40000 --epochs 20
+    captcha pretrain --model sepnet --preprocess gray --images 40000 --epochs 20 [--fonts /usr/share/fonts]
 
 Draws `--images` CAPTCHAs of the `mix` pseudo-style (every image recombines the pre-training
 styles' fonts, colours, distortion and noise, with every glyph stretched and elastically bent
-by a random amount; the held-out evaluation styles never appear) with
+by a random amount; the held-out evaluation styles never appear; with `--fonts`, 60% of the images
+write in 1-3 TrueType / OpenType fonts found under those paths instead, `captcha.fonts`) with
 the 62-symbol `PRETRAIN_ALPHABET`, trains the model on them with the regular training loop
 (`captcha.train.fit`, strong augmentation), and writes the best weights as float16 to
 `captcha/weights/<model>-<preprocess>-<head>.pt`, where `captcha train --init pretrained` finds
@@ -15,6 +16,7 @@ instead of starting at random: more pre-training epochs without paying again for
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -42,6 +44,20 @@ class PretrainConfig:
     out: str | None = None  # default: the package's weights folder
     resume: bool = False
     init: str = pretrained.SCRATCH  # none (random) | pretrained (continue from the shipped weights) | a checkpoint
+    fonts: tuple[str, ...] = ()  # font files or folders the mix style also writes in (captcha.fonts.find_fonts)
+
+
+def _font_files(config: PretrainConfig, log: Callable[[str], None]) -> tuple[tuple[str, ...], str]:
+    """The usable fonts under `config.fonts`, and a tag for the data folder that changes with them."""
+    if not config.fonts:
+        return (), ""
+    from captcha.fonts import find_fonts
+
+    files = find_fonts(config.fonts, pretrained.PRETRAIN_ALPHABET, log=log)
+    if not files:
+        raise ValueError(f"--fonts {' '.join(config.fonts)}: no usable .ttf/.otf font there")
+    digest = hashlib.sha256("\n".join(f"{Path(f).name}:{Path(f).stat().st_size}" for f in files).encode()).hexdigest()[:8]
+    return files, f"-fonts{len(files)}-{digest}"
 
 
 def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path:
@@ -50,15 +66,17 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path
     from captcha.train import TrainConfig, fit
 
     work = Path(config.work_dir)
-    data = work / f"data-{config.images}-{config.val_images}-seed{config.seed}"
+    fonts, fonts_tag = _font_files(config, log)
+    data = work / f"data-{config.images}-{config.val_images}-seed{config.seed}{fonts_tag}"
     marker = data / ".complete"
     if not marker.exists():
         log(f"Drawing {config.images} + {config.val_images} pre-training CAPTCHAs ({MIX} style, "
-            f"{len(pretrained.PRETRAIN_ALPHABET)} symbols) in {data} ...")
+            f"{len(pretrained.PRETRAIN_ALPHABET)} symbols{f', {len(fonts)} font files' if fonts else ''}) in {data} ...")
         generate_dataset(data, GeneratorConfig(
             alphabet=pretrained.PRETRAIN_ALPHABET, length=DEFAULT_LENGTH, styles=(MIX,), seed=config.seed,
-            splits={"train": config.images, "val": config.val_images},
+            splits={"train": config.images, "val": config.val_images}, fonts=fonts,
         ))
+        (data / "fonts.txt").write_text("".join(f"{f}\n" for f in fonts))
         marker.write_text("ok\n")
     train_config = TrainConfig(
         data=str(data), out=str(work / f"run-{config.model}-{config.preprocess}-{config.head}"),
@@ -79,6 +97,8 @@ def _cmd_pretrain(args) -> int:
     from captcha import distributed
 
     values = {k: v for k, v in vars(args).items() if k in PretrainConfig.__dataclass_fields__ and v is not None}
+    if "fonts" in values:
+        values["fonts"] = tuple(values["fonts"])
     distributed.init()
     try:
         pretrain(PretrainConfig(**values))
@@ -110,4 +130,5 @@ def register(sub) -> None:
     p.add_argument("--out", help="weights file (default captcha/weights/<model>-<preprocess>-<head>.pt)")
     p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted pre-training run")
     p.add_argument("--init", help="none (default: random) | pretrained (continue from the shipped weights) | a checkpoint")
+    p.add_argument("--fonts", nargs="+", metavar="PATH", help="TrueType/OpenType files or folders (e.g. /usr/share/fonts): 60%% of the images also write in these")
     p.set_defaults(func=_cmd_pretrain)
