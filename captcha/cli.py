@@ -48,7 +48,7 @@ def _cmd_styles(args: argparse.Namespace) -> int:
     for name, style in STYLES.items():
         group = "held-out eval" if name in EVAL_STYLES else "pre-training"
         print(f"{name:14s} {group:14s} {style.description}")
-    print(f"{MIX:14s} {'pre-training':14s} each image recombines the pre-training styles' traits (what `captcha pretrain` draws)")
+    print(f"{MIX:14s} {'pre-training':14s} each image recombines the pre-training styles' traits, and with --fonts writes in font files too (what `captcha pretrain` draws)")
     return 0
 
 
