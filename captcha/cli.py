@@ -29,11 +29,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     fonts: tuple[str, ...] = ()
     if args.fonts:
         from captcha.fonts import find_fonts
+        from captcha.generate import MIX
 
-        fonts = find_fonts(args.fonts, args.alphabet, log=print)
-        if not fonts:
-            print(f"error: --fonts {' '.join(args.fonts)}: no usable .ttf/.otf font there", file=sys.stderr)
-            return 2
+        if MIX not in args.style:
+            raise ValueError(f"--fonts: only the {MIX} style writes in font files; add --style {MIX}")
+        fonts = find_fonts(args.fonts, args.alphabet, log=print)  # raises when none is usable
     counts = generate_dataset(
         args.out,
         GeneratorConfig(alphabet=args.alphabet, length=length, size=(args.height, args.width), splits=splits, styles=tuple(args.style), seed=args.seed, fonts=fonts),

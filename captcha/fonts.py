@@ -117,8 +117,9 @@ def _family(path: str) -> str:
 
 def find_fonts(paths, symbols: str, log=None) -> tuple[str, ...]:
     """Every usable font file under `paths` (files or folders, searched recursively), at most
-    `PER_FAMILY` per family, sorted: the same folders give the same tuple on every machine that
-    has the same files. `log`, when given, hears about each refused file."""
+    `PER_FAMILY` per family and `PER_SUPERFAMILY` per first word, sorted: the same folders give
+    the same tuple on every machine that has the same files. `log`, when given, hears about each
+    refused file; a missing path raises FileNotFoundError, and no usable font at all ValueError."""
     files = []
     for p in paths:
         p = Path(p)
@@ -139,4 +140,7 @@ def find_fonts(paths, symbols: str, log=None) -> tuple[str, ...]:
     by_first_word = defaultdict(list)
     for family in sorted(by_family):
         by_first_word[family.split()[0].lower()] += sorted(by_family[family], key=lambda s: (len(Path(s).name), s))[:PER_FAMILY]
-    return tuple(sorted(f for files in by_first_word.values() for f in files[:PER_SUPERFAMILY]))
+    found = tuple(sorted(f for files in by_first_word.values() for f in files[:PER_SUPERFAMILY]))
+    if not found:
+        raise ValueError(f"--fonts {' '.join(str(p) for p in paths)}: no usable .ttf/.otf font there")
+    return found

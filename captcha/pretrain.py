@@ -54,8 +54,6 @@ def _font_files(config: PretrainConfig, log: Callable[[str], None]) -> tuple[tup
     from captcha.fonts import find_fonts
 
     files = find_fonts(config.fonts, pretrained.PRETRAIN_ALPHABET, log=log)
-    if not files:
-        raise ValueError(f"--fonts {' '.join(config.fonts)}: no usable .ttf/.otf font there")
     digest = hashlib.sha256("\n".join(f"{Path(f).name}:{Path(f).stat().st_size}" for f in files).encode()).hexdigest()[:8]
     return files, f"-fonts{len(files)}-{digest}"
 
@@ -76,7 +74,8 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path
             alphabet=pretrained.PRETRAIN_ALPHABET, length=DEFAULT_LENGTH, styles=(MIX,), seed=config.seed,
             splits={"train": config.images, "val": config.val_images}, fonts=fonts,
         ))
-        (data / "fonts.txt").write_text("".join(f"{f}\n" for f in fonts))
+        if fonts:
+            (data / "fonts.txt").write_text("".join(f"{f}\n" for f in fonts))
         marker.write_text("ok\n")
     train_config = TrainConfig(
         data=str(data), out=str(work / f"run-{config.model}-{config.preprocess}-{config.head}"),

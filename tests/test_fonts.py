@@ -87,6 +87,10 @@ def test_generated_set_with_fonts_is_seeded_and_cli_takes_fonts(tmp_path, font_d
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["generate", str(tmp_path / "d"), "--style", "mix", "--fonts", str(empty)]) == 2
+    assert main(["generate", str(tmp_path / "e"), "--style", "course", "--fonts", str(font_dir)]) == 2  # fonts need mix
+    assert not (tmp_path / "e").exists()
+    with pytest.raises(ValueError, match="no usable"):
+        find_fonts([empty], "abc")
 
 
 def test_pretrain_with_fonts_records_them_and_redraws_when_they_change(tmp_path, font_dir):
