@@ -43,7 +43,7 @@ DATA_SEED = 123  # every evaluation set is drawn with this seed (legibility.py r
 RECIPES = {
     "default recipe": {},
     "plain resnet18_mod (fixed heads, no augmentation, 25 epochs)": {
-        "model": "resnet18_mod", "head": "fixed", "augment": "none", "schedule": "constant", "lr": 1e-3, "optimizer": "adam", "weight_decay": 1e-4, "epochs": 25, "init": "none",
+        "model": "resnet18_mod", "head": "fixed", "augment": "none", "schedule": "constant", "lr": 1e-3, "optimizer": "adam", "weight_decay": 1e-4, "epochs": 25, "init": "none", "label_smoothing": 0.0,
     },
 }
 

@@ -211,7 +211,8 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
     p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay} (AdamW's decoupled decay; with --optimizer adam or sgd "
                    "it is an L2 penalty, where about 1e-4 suits)")
     p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), help=f"default {d.schedule}")
-    p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
+    p.add_argument("--label-smoothing", type=float, help=f"share of each character's target spread evenly over all symbols, "
+                   f"a regulariser for small labeled sets (default {d.label_smoothing}; 0 = off; not used by --head ctc)")
     p.add_argument("--ema", type=float, help=f"decay of a moving average of the weights that is validated and saved, e.g. 0.999 (default {d.ema}: off)")
     p.add_argument("--augment", choices=AUGMENT_LEVELS, help=f"random augmentation on the training device (default {d.augment})")
     p.add_argument("--tta", type=int, choices=sorted(TTA_VIEWS), help=f"views read per image when evaluating and serving: the image "

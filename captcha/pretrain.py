@@ -81,8 +81,9 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path
         data=str(data), out=str(work / f"run-{config.model}-{config.preprocess}-{config.head}"),
         model=config.model, preprocess=config.preprocess, head=config.head, epochs=config.epochs,
         batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay, augment=config.augment, seed=config.seed,
-        device=config.device, alphabet=pretrained.PRETRAIN_ALPHABET, init=config.init,
-        resume=config.resume, tta=1,  # the compact weights carry no views; the synthetic val score is one view's
+        device=config.device, alphabet=pretrained.PRETRAIN_ALPHABET, init=config.init, resume=config.resume,
+        label_smoothing=0.0,  # the shipped weights were made without it: the documented command regenerates them
+        tta=1,  # the compact weights carry no views; the synthetic val score is one view's
     )
     result = fit(train_config, log=log)
     out = Path(config.out) if config.out else pretrained.WEIGHTS_DIR / pretrained.weights_name(config.model, config.preprocess, config.head)

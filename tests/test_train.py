@@ -7,7 +7,7 @@ import torch
 from captcha.checkpoint import load_checkpoint, load_model
 from captcha.cli import main
 from captcha.inference import Predictor, evaluate_folder
-from captcha.train import ParameterBudgetError, TrainConfig, fit
+from captcha.train import ParameterBudgetError, TrainConfig, fit, loss_fn
 
 QUIET = {"log": lambda s: None}
 
@@ -158,3 +158,15 @@ def test_ctc_head_trains_on_variable_length_labels(tmp_path):
     assert meta["length"] is None and meta["head"] == "ctc"
     predictions = Predictor.from_run(tmp_path / "r", "cpu").predict_paths(sorted((tmp_path / "d" / "test").glob("*.png"))[:3])
     assert all(isinstance(p.text, str) for p in predictions)
+
+
+def test_label_smoothing_spreads_the_target_and_bad_values_are_refused():
+    logits = torch.tensor([[[4.0, 0.0, 0.0], [0.0, 3.0, 0.0]]])
+    targets = torch.tensor([[0, 1]])
+    plain, smoothed = loss_fn(logits, targets, "attention"), loss_fn(logits, targets, "attention", 0.2)
+    flat = logits.reshape(-1, 3).log_softmax(-1)
+    expected = -(0.8 * flat.gather(1, targets.reshape(-1, 1)).squeeze(1) + 0.2 * flat.mean(1)).mean()
+    assert smoothed.item() == pytest.approx(expected.item(), rel=1e-6) and smoothed > plain
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="--label-smoothing"):
+            TrainConfig(label_smoothing=bad)
