@@ -8,18 +8,20 @@ import sys
 import pytest
 
 
-def _train(launcher, data, out, cache):
+def _train(launcher, data, out, cache, batch_size):
     cmd = [*launcher, "-m", "captcha", "train", "--data", str(data), "--out", str(out), "--epochs", "2",
-           "--batch-size", "64", "--cache-dir", str(cache), "--device", "cpu"]
+           "--batch-size", str(batch_size), "--cache-dir", str(cache), "--device", "cpu"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(easy_data, tmp_path):
-    single = _train([sys.executable], easy_data, tmp_path / "single", tmp_path / "c1")
+    # --batch-size is per process: one process at 128 takes the same optimiser steps, on the same
+    # images (each rank takes every second image of the shuffled order), as two processes at 64.
+    single = _train([sys.executable], easy_data, tmp_path / "single", tmp_path / "c1", 128)
     assert single.returncode == 0, single.stderr[-3000:]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    double = _train(launcher, easy_data, tmp_path / "ddp", tmp_path / "c2")
+    double = _train(launcher, easy_data, tmp_path / "ddp", tmp_path / "c2", 64)
     assert double.returncode == 0, double.stderr[-3000:]
 
     # Rank 0 alone logs: one train line per epoch, and it counts every sample once.
