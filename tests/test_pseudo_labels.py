@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from captcha.data import DataError
-from captcha.train import TrainConfig, fit, load_unlabeled, pseudo_label
+from captcha.train import TrainConfig, fit, load_unlabeled, pseudo_label, smoothed_threshold
 
 
 class _FixedLogits(nn.Module):
@@ -36,6 +36,22 @@ def test_only_readings_confident_in_every_character_are_kept():
     assert targets.tolist() == [[1, 2], [2, 0]]
 
 
+def test_the_threshold_follows_label_smoothing():
+    # A head trained with smoothing 0.2 over "abc" is at its surest at 0.8 + 0.2/3 = 0.867, not 1:
+    # logits at that optimum must pass the default 0.95, which no raw probability here reaches.
+    surest = 0.8 + 0.2 / 3
+    logits = torch.full((2, 2, 3), ((1 - surest) / 2)).log()
+    logits[0, 0, 1] = logits[0, 1, 2] = logits[1, 0, 0] = torch.tensor(surest).log()  # "bc" sure; "a?" a tie
+    logits[1, 1, :] = torch.tensor(1 / 3).log()
+    images = torch.arange(2, dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 1, 4, 4).clone()
+    model = _FixedLogits(logits)
+    assert len(pseudo_label(model, images, "abc", "attention", width=2, threshold=0.95)[0]) == 0
+    kept, targets = pseudo_label(model, images, "abc", "attention", width=2, threshold=0.95, label_smoothing=0.2)
+    assert kept[:, 0, 0, 0].tolist() == [0] and targets.tolist() == [[1, 2]]
+    assert smoothed_threshold(0.95, 0.0, 36) == 0.95
+    assert smoothed_threshold(1.0, 0.2, 36) == pytest.approx(0.8 + 0.2 / 36)  # the surest reading passes exactly
+
+
 def test_unlabeled_folder_errors_name_the_folder_and_the_bad_file(tmp_path, easy_data):
     with pytest.raises(FileNotFoundError, match="nope"):
         load_unlabeled(TrainConfig(unlabeled=str(tmp_path / "nope")))
@@ -57,7 +73,11 @@ def test_training_with_unlabeled_images_adds_pseudo_labels(trained_run, easy_dat
         shutil.copy(p, unlabeled / f"{i}.png")  # no label in the name
     messages: list[str] = []
     result = fit(TrainConfig(data=str(easy_data), out=str(tmp_path / "run"), epochs=3, init=str(trained_run),
-                             unlabeled=str(unlabeled), pseudo_threshold=0.5, cache_dir=str(tmp_path / "c")), log=messages.append)
+                             unlabeled=str(unlabeled), cache_dir=str(tmp_path / "c")), log=messages.append)
     counts = [int(m.split(": ")[1].split(" of ")[0]) for m in messages if m.startswith("Pseudo-labels for epoch")]
-    assert counts and counts[0] > 50, messages  # the fine-tuned start reads most of the 100 images confidently
+    # the default threshold (0.95) under the default label smoothing (0.2): the fine-tuned start
+    # reads a good share of the 100 images confidently (38 here); a raw 0.95 lies above the
+    # 0.8 + 0.2 / K that a smoothed head is trained towards
+    assert counts and counts[0] > 20, messages
+    assert "under label smoothing 0.2" in next(m for m in messages if m.startswith("Pseudo-labels for epoch"))
     assert result.test["sequence_accuracy"] > 0.4
