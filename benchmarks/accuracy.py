@@ -48,6 +48,12 @@ RECIPES = {
 }
 
 
+def _pseudo_label_lines(line: str) -> None:
+    """fit's log, reduced to how many pseudo-labels each refresh kept (on stderr, like `done:`)."""
+    if line.startswith("Pseudo-labels for epoch"):
+        print(line, file=sys.stderr, flush=True)
+
+
 def _parse_changes(items: list[str]) -> dict:
     """`key=value` pairs -> TrainConfig overrides, each value typed like the field's default."""
     defaults = TrainConfig()
@@ -97,7 +103,7 @@ def main() -> None:
                     continue
                 config = TrainConfig(data=str(data), out=f"{tmp}/{style}-{len(rows)}",
                                      device=args.device, cache_dir=f"{tmp}/cache", **overrides)
-                result = fit(config, log=lambda s: None)
+                result = fit(config, log=_pseudo_label_lines)
                 rows.append((style, recipe, result))
                 print(f"done: {style} / {recipe}: {result.test['sequence_accuracy'] * 100:.2f}%", file=sys.stderr)
 
