@@ -231,7 +231,7 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
     p.add_argument("--unlabeled", help="folder of unlabeled images of the same style: pseudo-labeled during training "
                    "(from a third of the epochs on) and added to every batch")
     p.add_argument("--pseudo-threshold", type=float, help=f"use a pseudo-label only when every character's probability "
-                   f"reaches this, on the scale of a model trained without label smoothing (default {d.pseudo_threshold})")
+                   f"reaches this (confidences rescaled for label smoothing, as `captcha predict` reports them; default {d.pseudo_threshold})")
     p.add_argument("--teacher", help="a trained run (any size, same alphabet, length and preprocessor) to distil from")
     p.add_argument("--distill-weight", type=float, help=f"share of the distillation loss, with --teacher (default {d.distill_weight})")
     p.add_argument("--distill-temperature", type=float, help=f"softmax temperature, with --teacher (default {d.distill_temperature})")

@@ -23,6 +23,7 @@ import numpy as np
 
 import captcha
 from captcha.constants import IMAGE_EXTENSIONS
+from captcha.decoding import label_smoothing_of
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -56,6 +57,7 @@ def metadata_from_meta(meta: dict[str, Any]) -> dict[str, str]:
         "model_name": meta["model"]["name"],
         "model_args": json.dumps(meta["model"].get("args", {})),
         "tta": str(int(meta.get("tta", 1))),  # test-time views, already inside the graph
+        "label_smoothing": repr(label_smoothing_of(meta)),  # decoding rescales confidences by it
         "captchakit_version": captcha.__version__,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,

@@ -17,7 +17,7 @@ import torch.nn as nn
 from captcha.alphabet import Alphabet
 from captcha.checkpoint import load_model
 from captcha.data import DataError, check_labels, has_split_folders, load_images, scan_folder
-from captcha.decoding import Prediction, decode
+from captcha.decoding import Prediction, decode, label_smoothing_of
 from captcha.imageio import decode_image
 from captcha.metrics import confused_pairs, per_char_accuracy, sequence_accuracy
 from captcha.preprocess import get_preprocessor
@@ -49,7 +49,7 @@ class Predictor:
 
     def decode(self, logits: np.ndarray) -> list[Prediction]:
         labels = self.meta["alphabet"] if self.meta["task"] == "recognition" else self.meta["class_names"]
-        return decode(logits, labels, self.meta.get("head", "fixed"))
+        return decode(logits, labels, self.meta.get("head", "fixed"), label_smoothing_of(self.meta))
 
     def predict_paths(self, paths: list[str | Path]) -> list[Prediction]:
         images = np.stack([self.preprocess_bytes(Path(p).read_bytes(), str(p)) for p in paths])

@@ -241,37 +241,22 @@ def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, labe
 
 
 @torch.no_grad()
-def smoothed_threshold(threshold: float, label_smoothing: float, classes: int) -> float:
-    """The probability a head trained with `label_smoothing` gives where an unsmoothed head gives
-    `threshold`: smoothing makes the heads' most confident reading 1 - s + s / classes, not 1
-    (about 0.81 at 0.2 over 36 symbols), so a raw 0.95 would pass no image at all."""
-    return label_smoothing / classes + (1.0 - label_smoothing) * threshold
-
-
 def pseudo_label(model: nn.Module, images: torch.Tensor, alphabet: str, head: str, width: int, threshold: float,
                  label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The unlabeled images the model reads with every character at `threshold` or above (on the
-    scale of a model trained without label smoothing: see `smoothed_threshold`), and those
-    readings as targets (padded to `width`)."""
+    """The unlabeled images the model reads with every character at `threshold` or above, and
+    those readings as targets (padded to `width`). The confidences are rescaled for the
+    `label_smoothing` the model trains with (`captcha.decoding.unsmooth`): a smoothed head's
+    surest reading is about 0.81, so a raw 0.95 would pass no image at all."""
     logits = predict_logits(model, images)
     if logits.numel() == 0:
         return images[:0], torch.zeros(0, width, dtype=torch.long)
-    if head != "ctc":  # the CTC loss takes no label smoothing
-        threshold = smoothed_threshold(threshold, label_smoothing, len(alphabet))
     keep, texts = [], []
-    for i, p in enumerate(decode(logits.numpy(), alphabet, head)):
+    for i, p in enumerate(decode(logits.numpy(), alphabet, head, label_smoothing)):
         if p.text and len(p.text) <= width and min(p.char_confidences) >= threshold:
             keep.append(i)
             texts.append(p.text)
     index = torch.tensor(keep, dtype=torch.long)
     return images[index.to(images.device)], encode_labels(texts, Alphabet(alphabet), width)
-
-
-def _smoothing_note(config: TrainConfig, classes: int) -> str:
-    if config.head == "ctc" or config.label_smoothing == 0:
-        return ""
-    raw = smoothed_threshold(config.pseudo_threshold, config.label_smoothing, classes)
-    return f" (a probability of {raw:.3f} under label smoothing {config.label_smoothing:g})"
 
 
 PSEUDO_START = 1 / 3  # pseudo-labels join after this fraction of the epochs: the model must read well first
@@ -524,7 +509,7 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
                                   config.pseudo_threshold, config.label_smoothing)
             if dist.is_main():
                 log(f"Pseudo-labels for epoch {epoch}: {len(pseudo[0])} of {len(unlabeled)} unlabeled images read with "
-                    f"every character at {config.pseudo_threshold:.2f} or above{_smoothing_note(config, len(data.alphabet))}")
+                    f"every character at {config.pseudo_threshold:.2f} or above")
         train_stats = train_one_epoch(ddp_model, *tensors["train"], train.labels, optimizer, scheduler, config, data.alphabet.symbols, generator, f"epoch {epoch}/{config.epochs}", ema_model, pseudo, teacher)
         val_stats = evaluate(eval_model, *tensors["val"], val.labels, data.alphabet.symbols, config.head, config.eval_batch_size)
         elapsed = time.perf_counter() - timer_start

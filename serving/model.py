@@ -77,6 +77,7 @@ class ModelSpec:
     captchakit_version: str
     input_name: str = "images"
     output_name: str = "logits"
+    label_smoothing: float = 0.0  # the training value: decoding rescales confidences by it
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -98,6 +99,7 @@ class ModelSpec:
             std=float(norm["std"]),
             architecture=props.get("model_name", ""),
             captchakit_version=props.get("captchakit_version", ""),
+            label_smoothing=float(props.get("label_smoothing") or 0.0),
             input_name=props.get("input_name", "images"),
             output_name=props.get("output_name", "logits"),
             extra=props,
@@ -135,7 +137,7 @@ class ServedModel:
         return self.session.run([self.spec.output_name], {self.spec.input_name: batch})[0]
 
     def decode(self, logits: np.ndarray) -> list[Prediction]:
-        return decode(logits, self.spec.labels, self.spec.head)
+        return decode(logits, self.spec.labels, self.spec.head, self.spec.label_smoothing)
 
     def top_k(self, logits: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """Classification: the k most probable class names per sample."""

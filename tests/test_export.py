@@ -49,6 +49,7 @@ def test_metadata_holds_every_serving_fact(exported, run_dir: Path) -> None:
     assert json.loads(props["normalization"]) == {"mean": meta["normalization"]["mean"], "std": meta["normalization"]["std"]}
     assert props["model_name"] == meta["model"]["name"] and props["head"] == meta.get("head", "fixed")
     assert int(props["tta"]) == meta["tta"] == 5  # the default's test-time views, inside the graph
+    assert float(props["label_smoothing"]) == meta["config"]["label_smoothing"] == 0.2  # confidences are rescaled by it
     assert props["captchakit_version"]
 
 
