@@ -31,7 +31,7 @@ def unsmooth(probs: np.ndarray, label_smoothing: float, classes: int) -> np.ndar
     """Probabilities of a head trained with label smoothing `s`, back on the 0-1 scale of an
     unsmoothed one: smoothing trains a sure reading towards 1 - s + s / classes (0.806 at 0.2 over
     36 symbols, so a sure 4-character string would read 0.42), and (p - s / classes) / (1 - s)
-    maps that back to 1 (and chance to 0)."""
+    maps that back to 1, while chance (1 / classes) stays where it is."""
     if not label_smoothing:
         return probs
     return np.clip((probs - label_smoothing / classes) / (1.0 - label_smoothing), 0.0, 1.0)

@@ -179,16 +179,17 @@ def test_confidences_are_reported_on_the_unsmoothed_scale(trained_run):
 
     # Smoothing 0.2 over 36 symbols trains a sure character towards 0.8 + 0.2/36 = 0.806, so a sure
     # 4-character string would read 0.42: decoding maps the surest reading back to 1, chance stays 1/36.
+    symbols = "0123456789abcdefghijklmnopqrstuvwxyz"
     surest = 0.8 + 0.2 / 36
     logits = np.full((2, 4, 36), np.log((1 - surest) / 35))
     logits[0, :, 7] = np.log(surest)
     logits[1] = 0.0  # every symbol alike
-    raw, rescaled = decode(logits, "0123456789abcdefghijklmnopqrstuvwxyz"), decode(logits, "0123456789abcdefghijklmnopqrstuvwxyz", "attention", 0.2)
+    raw, rescaled = decode(logits, symbols), decode(logits, symbols, "attention", 0.2)
     assert raw[0].char_confidences == pytest.approx([surest] * 4, abs=1e-6) and raw[0].confidence == pytest.approx(surest**4)
     assert rescaled[0].char_confidences == pytest.approx([1.0] * 4, abs=1e-6) and rescaled[0].confidence == pytest.approx(1.0)
     assert rescaled[1].char_confidences == pytest.approx([1 / 36] * 4, abs=1e-6)
     assert rescaled[0].text == raw[0].text == "7777"
-    assert decode(logits, "0123456789abcdefghijklmnopqrstuvwxyz"[:35], "ctc", 0.2)[0].confidence == decode(logits, "0123456789abcdefghijklmnopqrstuvwxyz"[:35], "ctc")[0].confidence
+    assert decode(logits, symbols[:35], "ctc", 0.2)[0].confidence == decode(logits, symbols[:35], "ctc")[0].confidence  # CTC: no smoothing
     meta = load_checkpoint(trained_run)["meta"]
     assert label_smoothing_of(meta) == meta["config"]["label_smoothing"] == 0.2  # the default, recorded
     assert label_smoothing_of({"task": "recognition"}) == 0.0  # checkpoints from before the field
