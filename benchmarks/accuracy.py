@@ -2,6 +2,7 @@
 
     python benchmarks/accuracy.py [--styles eval-plain eval-scriptc eval-lines] [--unlabeled 8000]
                                   [--try augment=strong ...] [--recipes N...] [--grid [--grid-models M...] [--grid-epochs N]]
+                                  [--workdir DIR]
 
 For each held-out evaluation style (`captcha.generate.EVAL_STYLES`: fonts, colours, distortion
 and noise unlike every pre-training style) it draws 4000 train / 1000 val / 3000 test images
@@ -20,11 +21,15 @@ naming the machine.
 default recipe on the built-in course-style set; `--grid-models` picks rows, `--grid-epochs`
 shortens it (the 5M-13M parameter course models, which the default budget refuses and the grid
 trains anyway, take 13-24 s per epoch each on a 2-core CPU).
+
+`--workdir DIR` keeps the generated data and every trained run there (for `captcha evaluate`,
+`--errors`, other view counts) instead of in a temporary folder that is removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import string
 import sys
 import tempfile
@@ -82,11 +87,14 @@ def main() -> None:
     parser.add_argument("--recipes", type=int, nargs="+", help="run only these recipes (0: default, 1: plain, then --unlabeled, then --try)")
     parser.add_argument("--try", dest="trial", nargs="+", metavar="KEY=VALUE", default=[],
                         help="also run the default recipe with these TrainConfig changes (e.g. augment=strong epochs=80)")
+    parser.add_argument("--workdir", help="keep the generated data and the trained runs in this folder (default: a temporary one, removed)")
     args = parser.parse_args()
     trial = _parse_changes(args.trial)
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    workdir = contextlib.nullcontext(args.workdir) if args.workdir else tempfile.TemporaryDirectory()
+    with workdir as tmp:
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         for style in [] if args.no_styles else args.styles:
             data = Path(tmp) / style
             splits = {"train": args.train, "val": 1000, "test": 3000}

@@ -215,6 +215,8 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
                    f"a regulariser for small labeled sets (default {d.label_smoothing}; 0 = off; not used by --head ctc)")
     p.add_argument("--ema", type=float, help=f"decay of a moving average of the weights that is validated and saved, e.g. 0.999 (default {d.ema}: off)")
     p.add_argument("--augment", choices=AUGMENT_LEVELS, help=f"random augmentation on the training device (default {d.augment})")
+    p.add_argument("--augment-views", type=int, help=f"independently augmented copies of each image in every step (batch augmentation; "
+                   f"default {d.augment_views}); 2 with half the --batch-size and half the --epochs does the same work")
     p.add_argument("--tta", type=int, choices=sorted(TTA_VIEWS), help=f"views read per image when evaluating and serving: the image "
                    f"and its one-pixel shifts, averaged (default {d.tta}; 1 = off, a fifth of the model work per image of 5)")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")

@@ -194,3 +194,34 @@ def test_confidences_are_reported_on_the_unsmoothed_scale(trained_run):
     assert label_smoothing_of(meta) == meta["config"]["label_smoothing"] == 0.2  # the default, recorded
     assert label_smoothing_of({"task": "recognition"}) == 0.0  # checkpoints from before the field
     assert label_smoothing_of({"task": "classification", "config": {"label_smoothing": 0.1}}) == 0.0
+
+
+def test_augment_views_reads_each_image_in_independent_copies(monkeypatch):
+    import captcha.train as train_mod
+    from captcha.models import create_model
+
+    seen = []
+    real_augment = train_mod.augment_batch
+
+    def spy(x, level, generator=None):
+        out = real_augment(x, level, generator)
+        seen.append((x.detach().clone(), out.detach().clone()))
+        return out
+
+    monkeypatch.setattr(train_mod, "augment_batch", spy)
+    images = torch.randint(0, 256, (6, 1, 50, 130), dtype=torch.uint8)
+    targets = torch.randint(0, 4, (6, 2))
+    labels = ["".join("27bx"[i] for i in row) for row in targets.tolist()]
+    model = create_model("sepnet", num_classes=4, length=2, in_channels=1, head="attention")
+    config = TrainConfig(batch_size=4, augment_views=3, channels_last=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    stats = train_mod.train_one_epoch(model, images, targets, labels, optimizer, None, config, "27bx", torch.Generator().manual_seed(0))
+    assert [x.shape[0] for x, _ in seen] == [12, 6]  # batches of 4 and 2 images, 3 copies each
+    x, out = seen[0]
+    assert torch.equal(x[:4], x[4:8]) and torch.equal(x[:4], x[8:])  # the same images ...
+    assert not torch.allclose(out[:4], out[4:8])  # ... augmented independently
+    assert stats.samples == 6  # the statistics count each labeled image once
+    with pytest.raises(ValueError, match="--augment-views"):
+        TrainConfig(augment_views=0)
+    with pytest.raises(ValueError, match="--augment-views"):
+        TrainConfig(augment_views=2, augment="none")
