@@ -50,7 +50,7 @@ class TrainConfig:
     model: str = "sepnet"  # depthwise-separable, ~85K parameters; resnet18_mod is the course's 95K model
     preprocess: str = "gray"  # measured best on unseen styles; shipped pre-trained weights match it
     head: str = "attention"  # attention (position-aware) | fixed (pooled, as in the course) | ctc (variable length)
-    epochs: int = 60  # benchmarks/accuracy.py: whole-string on the three eval styles in the README, 11-14 min on 2 CPU cores
+    epochs: int = 60  # benchmarks/accuracy.py: whole-string on the three eval styles in the README, 7-20 min on 2 CPU cores, by the day's machine
     batch_size: int = 64
     lr: float = 1e-2  # peak learning rate (eval-scriptc, weight_decay 0.05, 5 views: 3e-3 88.1%, 6e-3 89.7%, 1e-2 91.3%, 2e-2 90.9%)
     optimizer: str = "adamw"  # adam | adamw | sgd
