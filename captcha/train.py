@@ -71,7 +71,7 @@ class TrainConfig:
     skip_bad: bool = False  # leave bad files out with a warning instead of stopping
     cache_dir: str | None = None  # where preprocessed datasets are cached; None = ~/.cache/captchakit
     init: str | None = "pretrained"  # pretrained (shipped weights when they match) | none | a checkpoint to fine-tune
-    eval_batch_size: int = 512
+    eval_batch_size: int | None = None  # images a validation pass reads; None = eval_batch's choice for the device
     resume: bool = False  # continue from out/last.pt if it exists
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and GPU
     amp: bool = True  # bf16 autocast when training on CUDA (ignored on CPU)
@@ -86,6 +86,8 @@ class TrainConfig:
             raise ValueError("--epochs must be at least 1")
         if self.batch_size < 1:
             raise ValueError("--batch-size must be at least 1")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError("eval_batch_size must be at least 1 (or None for the device's default)")
         if self.lr <= 0:
             raise ValueError("--lr must be positive")
         if self.optimizer not in ("adam", "adamw", "sgd"):
@@ -228,17 +230,36 @@ def _stats(total_loss: float, seen: int, texts: list[str], truth: list[str], wid
     return EpochStats(total_loss / max(seen_f, 1), [h / max(seen_f, 1) for h in sums[3:]], seq_hits / max(seen_f, 1), int(seen_f), texts)
 
 
+# Images a forward pass carries when reading without gradients, test-time views counted (five
+# views of 32 images are a pass of 160). On a CPU a few dozen images keep the activations in
+# cache: passes of 32 read the validation images 3x faster than passes of 512, and five views
+# 5x faster than 512 images a pass (benchmarks/eval_speed.py). A GPU wants large passes.
+EVAL_IMAGES_PER_PASS = {"cpu": 32, "cuda": 512}
+
+
+def eval_batch(model: nn.Module, device: torch.device | None = None) -> int:
+    """Images per forward pass for reading with `model` on `device` (default: where it is):
+    `EVAL_IMAGES_PER_PASS` for the device, shared among the model's test-time views."""
+    device = device or next(model.parameters()).device
+    views = max(1, len(getattr(model, "test_shifts", ()) or ()))
+    return max(1, EVAL_IMAGES_PER_PASS.get(device.type, EVAL_IMAGES_PER_PASS["cuda"]) // views)
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512, mean: float = NORM_MEAN, std: float = NORM_STD) -> torch.Tensor:
-    """Logits for uint8 images N x K x H x W, in batches, on the model's device."""
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int | None = None, mean: float = NORM_MEAN,
+                   std: float = NORM_STD) -> torch.Tensor:
+    """Logits for uint8 images N x K x H x W, `batch_size` at a time (default `eval_batch`), on
+    the model's device. Eval mode: the result does not depend on the batch size."""
     model.eval()
     device = next(model.parameters()).device
+    batch_size = batch_size or eval_batch(model, device)
     outs = [model(normalize_batch(images[i : i + batch_size].to(device), mean, std)).float().cpu() for i in range(0, images.shape[0], batch_size)]
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, labels: list[str], alphabet: str, head: str, batch_size: int = 512) -> EpochStats:
+def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, labels: list[str], alphabet: str, head: str,
+             batch_size: int | None = None) -> EpochStats:
     """Loss, per-character and whole-string accuracy on one split (no augmentation)."""
     logits = predict_logits(model, images, batch_size)
     if logits.numel() == 0:

@@ -59,3 +59,24 @@ def test_an_unsupported_view_count_is_refused():
         with pytest.raises(ValueError, match="--tta"):
             read_views(model, count)
     assert model.test_shifts == ()
+
+
+def test_reading_passes_share_their_images_among_the_views_and_batch_size_changes_nothing():
+    from captcha.train import EVAL_IMAGES_PER_PASS, eval_batch, predict_logits
+
+    torch.manual_seed(0)
+    model = create_model("sepnet", num_classes=5, length=3, in_channels=1, head="attention").eval()
+    model.to(memory_format=torch.channels_last)  # as fit trains and saves it
+    cpu = torch.device("cpu")
+    read_views(model, 1)
+    assert eval_batch(model, cpu) == EVAL_IMAGES_PER_PASS["cpu"]
+    read_views(model, 5)
+    assert eval_batch(model, cpu) == EVAL_IMAGES_PER_PASS["cpu"] // 5
+    assert eval_batch(model, torch.device("cuda")) == EVAL_IMAGES_PER_PASS["cuda"] // 5
+    assert eval_batch(torch.nn.Linear(2, 2), cpu) == EVAL_IMAGES_PER_PASS["cpu"]  # a model without views
+    images = torch.randint(0, 256, (13, 1, 50, 130), dtype=torch.uint8)
+    default = predict_logits(model, images)
+    for batch in (1, 4, 512):
+        assert torch.allclose(predict_logits(model, images, batch), default, atol=1e-5)
+    with pytest.raises(ValueError, match="eval_batch_size"):
+        TrainConfig(eval_batch_size=0)
