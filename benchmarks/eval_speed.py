@@ -6,9 +6,11 @@ Reads the built-in generated set's validation images (created once, then cached)
 default model, or with a trained run's `best.pt` (`--run`), in eval mode as `captcha evaluate`,
 validation during training and `captcha predict` do, and prints a Markdown table naming the
 machine: for each number of test-time views and each number of images a pass, the time per
-image (a forward pass carries every view of its images: five views of 32 images are 160), and
-which batch `captcha.train.eval_batch` picks on this device (before it, every pass read 512
-images, whatever the views). The best of `--repeats` passes is
+image (a forward pass carries every view of its images: five views of 32 images are 160) with the
+weights in the channels-last layout (NHWC: how `fit` trains and `load_model` now loads them) and
+in PyTorch's default one (NCHW: how `load_model` loaded them before), and which batch
+`captcha.train.eval_batch` picks on this device (before it, every pass read 512 images,
+whatever the views). The best of `--repeats` passes is
 kept, so a neighbour's burst of work on a shared machine counts less. The weights do not change
 the work, so the default model is read with freshly initialised weights.
 """
@@ -36,11 +38,11 @@ from captcha.tta import read_views  # noqa: E402
 def load(run: str | None, device: torch.device, num_classes: int, length: int) -> tuple[torch.nn.Module, str]:
     if run:
         model, meta = ckpt.load_model(Path(run) / ckpt.BEST, device)
-        return model, f"{meta['model_name']} from {run}"
+        return model, f"{meta['model']['name']} from {run}"
     config = TrainConfig()
     channels = get_preprocessor(config.preprocess).channels
     model = create_model(config.model, num_classes=num_classes, length=length, in_channels=channels, head=config.head)
-    model.to(device).to(memory_format=torch.channels_last)  # as `fit` trains and saves it
+    model.to(device).to(memory_format=torch.channels_last)  # as `fit` trains it and `load_model` reads it
     return model, f"{config.model} (the default model)"
 
 
@@ -72,22 +74,28 @@ def main() -> None:
     images = torch.from_numpy(prepared.splits["val"].images[: args.images]).to(device)
     model, name = load(args.run, device, len(prepared.alphabet), prepared.length or 1)
 
+    layouts = {"NHWC": torch.channels_last, "NCHW": torch.contiguous_format}
     rows = []
     for views in args.views:
         read_views(model, views)
         auto = eval_batch(model, device)
         for batch in sorted(set(args.batches) | {auto}):
-            ms = seconds_per_image(model, images, batch, args.repeats) * 1000
+            ms = {}
+            for layout_name, layout in layouts.items():
+                model.to(memory_format=layout)
+                ms[layout_name] = seconds_per_image(model, images, batch, args.repeats) * 1000
             rows.append((views, batch, batch * views, ms, batch == auto))
             print(f"done: {views} views, {batch} images a pass", file=sys.stderr)
+    model.to(memory_format=torch.channels_last)
     read_views(model, 1)
 
     print(f"\nMachine: {describe()}; device {device}; {name}; {len(images)} validation images of the built-in set, "
           f"best of {args.repeats} passes\n")
-    print("| views | images a pass | images a forward pass (views counted) | ms per image | picked by `eval_batch` |")
-    print("|---:|---:|---:|---:|:---:|")
+    print("| views | images a pass | images a forward pass (views counted) | ms per image, NHWC (channels-last, as loaded) | "
+          "ms per image, NCHW | picked by `eval_batch` |")
+    print("|---:|---:|---:|---:|---:|:---:|")
     for views, batch, forward, ms, picked in rows:
-        print(f"| {views} | {batch} | {forward} | {ms:.2f} | {'yes' if picked else ''} |")
+        print(f"| {views} | {batch} | {forward} | {ms['NHWC']:.2f} | {ms['NCHW']:.2f} | {'yes' if picked else ''} |")
 
 
 if __name__ == "__main__":

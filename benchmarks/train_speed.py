@@ -27,6 +27,7 @@ CONFIGS = [
     ("resnet18_mod, fixed heads (course)", dict(head="fixed")),
     ("resnet18_mod, attention head, batch 128, lr 4e-3", dict(batch_size=128, lr=4e-3)),
     ("sepnet (the default model), attention head", dict(model="sepnet")),
+    ("sepnet, validation in passes of 512 images (as before `eval_batch`)", dict(model="sepnet", eval_batch_size=512)),
 ]
 
 

@@ -226,7 +226,7 @@ def export_onnx(
     from captcha.tta import read_views
 
     checkpoint = resolve_checkpoint(run)
-    model, meta = load_model(checkpoint, "cpu")
+    model, meta = load_model(checkpoint, "cpu", channels_last=False)
     if tta is not None:
         read_views(model, tta)
         meta = {**meta, "tta": tta}

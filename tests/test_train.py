@@ -33,6 +33,9 @@ def test_checkpoint_is_self_describing(trained_run):
     assert meta["alphabet"] == "27bx" and meta["length"] == 2 and meta["channels"] == 1
     model, _ = load_model(trained_run)  # rebuilt from the meta alone
     assert model(torch.zeros(1, 1, 50, 130)).shape == (1, 2, 4)
+    pointwise = model.backbone.stages[1].pointwise[0].weight  # 1 x 1: its two layouts differ in strides
+    assert pointwise.is_contiguous(memory_format=torch.channels_last)  # laid out as training does: faster reading
+    assert load_model(trained_run, channels_last=False)[0].backbone.stages[1].pointwise[0].weight.is_contiguous()
 
 
 def test_evaluate_and_predict_agree(trained_run, easy_data):
