@@ -231,9 +231,10 @@ def _stats(total_loss: float, seen: int, texts: list[str], truth: list[str], wid
 
 
 # Images a forward pass carries when reading without gradients, test-time views counted (five
-# views of 32 images are a pass of 160). On a CPU a few dozen images keep the activations in
-# cache: passes of 32 read the validation images 3x faster than passes of 512, and five views
-# 5x faster than 512 images a pass (benchmarks/eval_speed.py). A GPU wants large passes.
+# views of 6 images are a pass of 30). On a CPU a few dozen images keep the activations in
+# cache: in the training layout, passes of 32 read 1.6x faster than passes of 512 images with
+# one view, and 6 images a pass 3.7x faster than 512 with five (benchmarks/eval_speed.py).
+# A GPU wants large passes.
 EVAL_IMAGES_PER_PASS = {"cpu": 32, "cuda": 512}
 
 
