@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import string
 import sys
 import tempfile
+import types
+import typing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,18 +62,31 @@ def _pseudo_label_lines(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def _field_kind(key: str) -> type:
+    """The type a TrainConfig field holds: `int` for `int | None`, `str` for `str | None`."""
+    hint = typing.get_type_hints(TrainConfig)[key]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(k for k in typing.get_args(hint) if k is not type(None))
+    return typing.get_origin(hint) or hint
+
+
 def _parse_changes(items: list[str]) -> dict:
-    """`key=value` pairs -> TrainConfig overrides, each value typed like the field's default."""
-    defaults = TrainConfig()
+    """`key=value` pairs -> TrainConfig overrides, each value typed as the field is declared."""
     changes = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not hasattr(defaults, key):
+        if not sep or key not in {f.name for f in dataclasses.fields(TrainConfig)}:
             raise SystemExit(f"--try: {item!r} is not KEY=VALUE with a TrainConfig field as KEY")
-        kind = type(getattr(defaults, key))
+        kind = _field_kind(key)
         if kind is tuple:
             raise SystemExit(f"--try: {key} takes several values; it cannot be changed here")
-        changes[key] = value if kind in (str, type(None)) else (value.lower() in ("1", "true", "yes") if kind is bool else kind(value))
+        if kind is bool:
+            changes[key] = value.lower() in ("1", "true", "yes")
+        else:
+            try:
+                changes[key] = kind(value)
+            except ValueError:
+                raise SystemExit(f"--try: {key} takes {kind.__name__} values, not {value!r}") from None
     return changes
 
 

@@ -1,0 +1,67 @@
+"""benchmarks/accuracy.py's harness: typed `--try` changes and `--workdir` (training replaced by a stub)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from captcha.train import RunResult, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def accuracy(benchmark_script):
+    return benchmark_script("accuracy")
+
+
+def test_try_changes_are_typed_as_the_fields_are_declared(accuracy):
+    changes = accuracy._parse_changes(["lr=2e-2", "epochs=30", "channels_last=false", "augment=none",
+                                       "eval_batch_size=64", "length=4", "init=none"])
+    assert changes == {"lr": 0.02, "epochs": 30, "channels_last": False, "augment": "none",
+                       "eval_batch_size": 64, "length": 4, "init": "none"}  # `int | None` fields read as int
+    for bad, message in ((["nope=1"], "not KEY=VALUE"), (["epochs"], "not KEY=VALUE"),
+                         (["input_size=1"], "several values"), (["epochs=x"], "takes int values")):
+        with pytest.raises(SystemExit, match=message):
+            accuracy._parse_changes(bad)
+
+
+def _stub_run(accuracy, monkeypatch, argv):
+    """Run accuracy.main with drawing and training replaced: returns the (data, config) it used."""
+    drawn, configs = [], []
+
+    def draw(out, config):
+        Path(out, "train").mkdir(parents=True)
+        drawn.append((Path(out), config))
+
+    def train(config, log=print):
+        Path(config.out).mkdir(parents=True)
+        (Path(config.out) / "best.pt").write_bytes(b"stub")
+        configs.append(config)
+        return RunResult(Path(config.out), 1, {}, {"per_char_accuracy": [0.5] * 4, "sequence_accuracy": 0.25}, 81_804, 1.0)
+
+    monkeypatch.setattr(accuracy, "generate_dataset", draw)
+    monkeypatch.setattr(accuracy, "fit", train)
+    monkeypatch.setattr(sys, "argv", ["accuracy.py", *argv])
+    accuracy.main()
+    return drawn, configs
+
+
+def test_workdir_keeps_the_drawn_data_and_the_runs(accuracy, monkeypatch, tmp_path, capsys):
+    work = tmp_path / "work"
+    drawn, configs = _stub_run(accuracy, monkeypatch, ["--styles", "eval-plain", "--recipes", "0", "2",
+                                                       "--try", "epochs=30", "--workdir", str(work)])
+    assert [d for d, _ in drawn] == [work / "eval-plain"]
+    assert drawn[0][1].seed == accuracy.DATA_SEED and drawn[0][1].styles == ("eval-plain",)
+    assert [c.epochs for c in configs] == [TrainConfig().epochs, 30]  # recipe 0 is the default, recipe 2 the --try
+    for config in configs:
+        assert Path(config.data) == work / "eval-plain" and Path(config.out).parent == work
+        assert (Path(config.out) / "best.pt").exists()  # kept after the script ends
+    assert (work / "eval-plain" / "train").is_dir()
+    assert "| eval-plain | default + epochs=30 |" in capsys.readouterr().out
+
+
+def test_without_workdir_everything_is_removed(accuracy, monkeypatch):
+    drawn, configs = _stub_run(accuracy, monkeypatch, ["--styles", "eval-lines", "--recipes", "0"])
+    assert len(configs) == 1
+    assert not drawn[0][0].exists() and not Path(configs[0].out).exists()
