@@ -120,7 +120,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", channels_la
     ckpt = load_checkpoint(path, map_location=device)
     model = build_model(ckpt["meta"])
     model.load_state_dict(ckpt["model_state"])
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model.eval(), ckpt["meta"]
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return model.to(device, memory_format=layout).eval(), ckpt["meta"]

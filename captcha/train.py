@@ -34,7 +34,7 @@ from captcha.metrics import format_accuracies, per_char_accuracy, sequence_accur
 from captcha.models import count_parameters, create_model
 from captcha.preprocess import get_preprocessor
 from captcha.progress import ProgressBar
-from captcha.tta import views_for
+from captcha.tta import views_for, views_read
 
 
 class ParameterBudgetError(ValueError):
@@ -242,8 +242,7 @@ def eval_batch(model: nn.Module, device: torch.device | None = None) -> int:
     """Images per forward pass for reading with `model` on `device` (default: where it is):
     `EVAL_IMAGES_PER_PASS` for the device, shared among the model's test-time views."""
     device = device or next(model.parameters()).device
-    views = max(1, len(getattr(model, "test_shifts", ()) or ()))
-    return max(1, EVAL_IMAGES_PER_PASS.get(device.type, EVAL_IMAGES_PER_PASS["cuda"]) // views)
+    return max(1, EVAL_IMAGES_PER_PASS.get(device.type, EVAL_IMAGES_PER_PASS["cuda"]) // views_read(model))
 
 
 @torch.no_grad()

@@ -33,6 +33,11 @@ def read_views(model, count: int) -> None:
     model.test_shifts = views if len(views) > 1 else ()
 
 
+def views_read(model) -> int:
+    """How many views `model` reads per image in eval mode (1 for a model without views)."""
+    return max(1, len(getattr(model, "test_shifts", ())))
+
+
 def views_for(count: int) -> tuple[tuple[int, int], ...]:
     try:
         return TTA_VIEWS[count]
