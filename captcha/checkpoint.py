@@ -96,18 +96,36 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
+class CheckpointError(ValueError):
+    """A file that is not a readable captchakit checkpoint; the message names it."""
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory means its best.pt; a file is taken as it is."""
     path = Path(path)
     if path.is_dir():
+        if not (path / BEST).exists() and (path / LAST).exists():
+            raise FileNotFoundError(f"{path}: no {BEST} yet, only {LAST} (an interrupted run?): continue it with "
+                                    f"`captcha train --resume --out {path}`, or name {path / LAST} to use it as it is")
         path = path / BEST
     if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint here (train one with `captcha train --out DIR`)")
     return path
 
 
+def read_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """torch.load of a checkpoint file, with a truncated, corrupt or foreign file refused by name."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - pickle, zip and OS errors all mean "unreadable"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or "meta" not in state or "model_state" not in state:
+        raise CheckpointError(f"{path}: not a captchakit checkpoint (no 'meta' and 'model_state'; train one with `captcha train`)")
+    return state
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(resolve_checkpoint(path), map_location=map_location, weights_only=False)
+    return read_checkpoint_file(resolve_checkpoint(path), map_location)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", channels_last: bool = True) -> tuple[nn.Module, dict[str, Any]]:

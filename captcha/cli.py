@@ -162,7 +162,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = Predictor.from_run(args.run, args.device)
     status = 0
-    for path in args.images:
+    for path in _image_paths(args.images):
         try:
             prediction = predictor.predict_paths([path])[0]
         except (ImageDecodeError, OSError) as exc:
@@ -175,6 +175,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             chars = " ".join(f"{c:.2f}" for c in prediction.char_confidences)
             print(f"{path}\t{prediction.text}\t{prediction.confidence:.4f}\t[{chars}]")
     return status
+
+
+def _image_paths(given: list[str]) -> list[Path]:
+    """The paths as given, with each folder replaced by the images directly in it (sorted)."""
+    from captcha.constants import IMAGE_EXTENSIONS
+
+    paths: list[Path] = []
+    for item in map(Path, given):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise FileNotFoundError(f"{item}: no images in this folder")
+            paths += found
+        else:
+            paths.append(item)
+    return paths
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -302,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="recognize images with a trained run")
     p.add_argument("run", help="run directory or checkpoint")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files, or folders of them")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_cmd_predict)
@@ -337,3 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; `captcha train --resume --out RUN_DIR` continues a training run", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

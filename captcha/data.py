@@ -26,16 +26,23 @@ SPLITS = ("train", "val", "test")
 _CACHE_FORMAT = 1  # bump when the cache layout or a preprocessor's output changes
 
 
-class DataError(ValueError):
-    """Problems found in a dataset; `problems` lists (path, reason) for every bad file."""
+SKIP_BAD_HINT = "Fix or remove these files, or pass --skip-bad to leave them out with a warning."
+LAYOUT_HINT = ("A data folder holds images named <label>_<anything>.png or <label>.png, or a labels.csv "
+               "(filename,label) beside them; train/, val/ and test/ subfolders are used when present.")
 
-    def __init__(self, problems: list[tuple[str, str]], header: str = "bad data"):
+
+class DataError(ValueError):
+    """Problems found in a dataset; `problems` lists (path, reason) for every bad file, and
+    `hint` (when not None) ends the message with what to do."""
+
+    def __init__(self, problems: list[tuple[str, str]], header: str = "bad data", hint: str | None = SKIP_BAD_HINT):
         self.problems = problems
         lines = [f"{header}: {len(problems)} problem(s)"]
         lines += [f"  {path}: {reason}" for path, reason in problems[:200]]
         if len(problems) > 200:
             lines.append(f"  ... and {len(problems) - 200} more")
-        lines.append("Fix or remove these files, or pass --skip-bad to leave them out with a warning.")
+        if hint:
+            lines.append(hint)
         super().__init__("\n".join(lines))
 
 
@@ -50,38 +57,73 @@ def label_from_filename(path: Path) -> str:
     return path.stem.split("_", 1)[0]
 
 
-def _read_labels_csv(folder: Path) -> dict[str, str] | None:
-    csv_path = folder / "labels.csv"
+LABELS_CSV = "labels.csv"
+
+
+def _read_labels_csv(csv_path: Path, problems: list[tuple[str, str]]) -> dict[str, str] | None:
+    """{file name as written: label}, or None without the file. A row that is not
+    `filename,label`, and a file listed twice with different labels, go to `problems`
+    (the file is then left out). Spreadsheet exports load too: a UTF-8 byte-order mark and
+    CRLF line ends are accepted."""
     if not csv_path.exists():
         return None
     labels: dict[str, str] = {}
-    with open(csv_path, newline="") as f:
+    conflicting: set[str] = set()
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
         for row_number, row in enumerate(csv.reader(f), start=1):
-            if not row or (row_number == 1 and [c.strip().lower() for c in row[:2]] == ["filename", "label"]):
+            if not row or not any(c.strip() for c in row) or (row_number == 1 and [c.strip().lower() for c in row[:2]] == ["filename", "label"]):
                 continue
             if len(row) < 2:
-                raise DataError([(f"{csv_path}:{row_number}", "expected 'filename,label'")], "bad labels.csv")
-            labels[row[0].strip()] = row[1].strip()
-    return labels
+                problems.append((f"{csv_path}:{row_number}", "expected 'filename,label'"))
+                continue
+            name, label = row[0].strip(), row[1].strip()
+            if name in labels and labels[name] != label:
+                problems.append((str(csv_path.parent / name), f"listed twice in {csv_path.name} with different labels ({labels[name]!r} and {label!r})"))
+                conflicting.add(name)
+            labels.setdefault(name, label)
+    return {name: label for name, label in labels.items() if name not in conflicting}
 
 
-def scan_folder(folder: str | Path) -> list[Sample]:
-    """All images directly in `folder`, labeled by `labels.csv` if present, else by file name."""
+def _raise_problems(problems: list[tuple[str, str]], header: str) -> None:
+    if problems:
+        raise DataError(problems, header)
+
+
+def scan_folder(folder: str | Path, problems: list[tuple[str, str]] | None = None) -> list[Sample]:
+    """All images directly in `folder`, labeled by `labels.csv` if present, else by file name.
+
+    Problems of the labels file (a malformed row, a listed file that is missing, one listed
+    twice with different labels) leave those files out and are appended to `problems`; without
+    that list they raise one DataError naming each."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such data folder")
-    csv_labels = _read_labels_csv(folder)
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if csv_labels is not None:
-        missing = [name for name in csv_labels if not (folder / name).exists()]
-        if missing:
-            raise DataError([(str(folder / m), "listed in labels.csv but missing") for m in missing], "bad labels.csv")
-        return [Sample(folder / name, label) for name, label in csv_labels.items()]
-    return [Sample(p, label_from_filename(p)) for p in images]
+    found: list[tuple[str, str]] = []
+    csv_labels = _read_labels_csv(folder / LABELS_CSV, found)
+    if csv_labels is None:
+        images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        return [Sample(p, label_from_filename(p)) for p in images]
+    samples = _listed_samples(folder, csv_labels, found)
+    if problems is None:
+        _raise_problems(found, f"bad {folder / LABELS_CSV}")
+    else:
+        problems += found
+    return samples
+
+
+def _listed_samples(folder: Path, csv_labels: dict[str, str], problems: list[tuple[str, str]]) -> list[Sample]:
+    """The listed files that exist, each with its label; the missing ones go to `problems`."""
+    samples = []
+    for name, label in csv_labels.items():
+        if (folder / name).is_file():
+            samples.append(Sample(folder / name, label))
+        else:
+            problems.append((str(folder / name), f"listed in {LABELS_CSV} but missing"))
+    return samples
 
 
 def has_split_folders(folder: str | Path) -> bool:
-    return (Path(folder) / "train").is_dir()
+    return any((Path(folder) / s).is_dir() for s in SPLITS)
 
 
 def split_samples(samples: list[Sample], seed: int, val_fraction: float = 0.1, test_fraction: float = 0.1) -> dict[str, list[Sample]]:
@@ -97,12 +139,41 @@ def split_samples(samples: list[Sample], seed: int, val_fraction: float = 0.1, t
     }
 
 
-def load_splits(folder: str | Path, seed: int = 0) -> dict[str, list[Sample]]:
-    """Samples per split: from `train/ val/ test/` subfolders, or a seeded 80/10/10 split."""
+def load_splits(folder: str | Path, seed: int = 0, problems: list[tuple[str, str]] | None = None) -> dict[str, list[Sample]]:
+    """Samples per split: from `train/ val/ test/` subfolders, or a seeded 80/10/10 split.
+
+    With split folders, one `labels.csv` at the top may label them all, its file names written
+    from the top (`train/0001.png,ab12`); a split folder may instead hold its own. Problems of
+    the labels files go to `problems` (or raise, without that list), as in `scan_folder`."""
     folder = Path(folder)
-    if has_split_folders(folder):
-        return {s: scan_folder(folder / s) if (folder / s).is_dir() else [] for s in SPLITS}
-    return split_samples(scan_folder(folder), seed)
+    if not has_split_folders(folder):
+        return split_samples(scan_folder(folder, problems), seed)
+    if not (folder / "train").is_dir():
+        present = ", ".join(f"{s}/" for s in SPLITS if (folder / s).is_dir())
+        raise DataError([(str(folder / "train"), f"no train/ folder beside {present}")], f"no training data in {folder}", hint=LAYOUT_HINT)
+    found: list[tuple[str, str]] = []
+    top_labels = _read_labels_csv(folder / LABELS_CSV, found)
+    splits: dict[str, list[Sample]] = {}
+    if top_labels is None:
+        splits = {s: scan_folder(folder / s, found) if (folder / s).is_dir() else [] for s in SPLITS}
+    else:
+        own = [s for s in SPLITS if (folder / s / LABELS_CSV).exists()]
+        if own:
+            raise DataError([(str(folder / s / LABELS_CSV), f"{folder / LABELS_CSV} labels the split folders too: keep one of the two") for s in own],
+                            f"two label files in {folder}", hint=None)
+        by_split: dict[str, dict[str, str]] = {s: {} for s in SPLITS}
+        for name, label in top_labels.items():
+            split, _, rest = name.replace("\\", "/").partition("/")
+            if split in by_split and rest:
+                by_split[split][rest] = label
+            else:
+                found.append((str(folder / name), f"listed in {folder / LABELS_CSV} outside train/, val/ and test/"))
+        splits = {s: _listed_samples(folder / s, by_split[s], found) for s in SPLITS}
+    if problems is None:
+        _raise_problems(found, f"bad labels in {folder}")
+    else:
+        problems += found
+    return splits
 
 
 def check_labels(samples: list[Sample], alphabet: Alphabet, length: int | None) -> list[tuple[str, str]]:
@@ -186,7 +257,7 @@ def load_images(
         try:
             return prep(decode_image(payloads[i], str(paths[i])), size)
         except ImageDecodeError as exc:
-            return str(exc).split(": ", 1)[-1]
+            return exc.reason
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         results = list(pool.map(work, range(len(samples))))

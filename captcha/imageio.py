@@ -19,7 +19,15 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageDecodeError(ValueError):
-    """Raised when bytes are not a readable image; the message says why."""
+    """Raised when bytes are not a readable image: `source` names the file or request, `reason`
+    says why, and the message is `source: reason`."""
+
+    def __init__(self, source: str, reason: str):
+        self.source, self.reason = source, reason
+        super().__init__(f"{source}: {reason}")
+
+    def __reduce__(self):
+        return type(self), (self.source, self.reason)
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
@@ -39,8 +47,10 @@ def _to_bgr8(image: np.ndarray) -> np.ndarray:
     """Convert any OpenCV-decoded array (gray, BGRA, 16-bit, float) to uint8 BGR."""
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
+    elif image.dtype.kind == "f" and np.nanmin(image) >= 0.0 and np.nanmax(image) <= 1.0:
+        image = np.nan_to_num(image * 255.0).round().astype(np.uint8)  # float images in [0, 1], as TIFF writers store them
     elif image.dtype != np.uint8:
-        image = cv2.normalize(image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        image = cv2.normalize(np.nan_to_num(image.astype(np.float32)), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.shape[2] == 1:
@@ -72,22 +82,61 @@ def decode_image(data: bytes, source: str = "<bytes>") -> np.ndarray:
     `source` names the file or request in error messages.
     """
     if not data:
-        raise ImageDecodeError(f"{source}: empty image data")
+        raise ImageDecodeError(source, "empty image data")
     size = _header_size(data)
     if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise ImageDecodeError(
-            f"{source}: image of {size[0]}x{size[1]} pixels exceeds the limit of {MAX_IMAGE_PIXELS}"
-        )
+        raise ImageDecodeError(source, f"image of {size[0]}x{size[1]} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")
     buffer = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         image = _decode_with_pillow(data)
         if image is None:
-            raise ImageDecodeError(f"{source}: not a readable image (truncated or unknown format)")
+            raise ImageDecodeError(source, "not a readable image (truncated or unknown format)")
         return image
-    if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+    if not (image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+        image = _to_bgr8(image)
+    return _apply_orientation(image, data)
+
+
+# EXIF orientation (tag 274) -> the OpenCV steps that show the image upright.
+_ORIENTATION_STEPS = {
+    2: ("flip", 1),
+    3: ("rotate", cv2.ROTATE_180),
+    4: ("flip", 0),
+    5: ("transpose", None),
+    6: ("rotate", cv2.ROTATE_90_CLOCKWISE),
+    7: ("transverse", None),
+    8: ("rotate", cv2.ROTATE_90_COUNTERCLOCKWISE),
+}
+
+
+def _exif_orientation(data: bytes) -> int:
+    """The EXIF orientation a file asks for (1 = as stored); 1 when it carries none."""
+    is_tiff = data[:4] in (b"II*\x00", b"MM\x00*")
+    if not is_tiff and b"Exif" not in data[:65536]:
+        return 1
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.getexif().get(274, 1))
+    except Exception:  # noqa: BLE001 - unreadable metadata: show the pixels as stored
+        return 1
+
+
+def _apply_orientation(image: np.ndarray, data: bytes) -> np.ndarray:
+    """Turn a photo or scan stored sideways upright, as image viewers do (OpenCV's
+    IMREAD_UNCHANGED, needed for alpha and 16-bit, ignores the EXIF orientation)."""
+    step = _ORIENTATION_STEPS.get(_exif_orientation(data))
+    if step is None:
         return image
-    return _to_bgr8(image)
+    kind, arg = step
+    if kind == "flip":
+        return cv2.flip(image, arg)
+    if kind == "rotate":
+        return cv2.rotate(image, arg)
+    transposed = np.ascontiguousarray(image.transpose(1, 0, 2))
+    return transposed if kind == "transpose" else cv2.rotate(transposed, cv2.ROTATE_180)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -96,5 +145,5 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ImageDecodeError(f"{path}: cannot read file ({exc.strerror})") from exc
+        raise ImageDecodeError(str(path), f"cannot read file ({exc.strerror})") from exc
     return decode_image(data, source=str(path))

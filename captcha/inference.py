@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from captcha.alphabet import Alphabet
 from captcha.checkpoint import load_model
-from captcha.data import DataError, check_labels, has_split_folders, load_images, scan_folder
+from captcha.data import LAYOUT_HINT, DataError, check_labels, has_split_folders, load_images, load_splits, scan_folder
 from captcha.decoding import Prediction, decode, label_smoothing_of
 from captcha.imageio import decode_image
 from captcha.metrics import confused_pairs, per_char_accuracy, sequence_accuracy
@@ -64,14 +64,21 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     if tta is not None:
         read_views(predictor.model, tta)
     meta = predictor.meta
-    folder = Path(data)
-    if split is None and has_split_folders(folder):
-        split = "test" if (folder / "test").is_dir() else "val"
-    if split:
-        folder = folder / split
-    samples = scan_folder(folder)
+    root = Path(data)
+    problems: list[tuple[str, str]] = []
+    if has_split_folders(root):
+        split = split or ("test" if (root / "test").is_dir() else "val")
+        folder = root / split
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such data folder")
+        samples = load_splits(root, problems=problems)[split]  # a labels.csv at the top labels the splits too
+    else:
+        folder = root / split if split else root
+        samples = scan_folder(folder, problems)
+    if not samples and not problems:
+        raise DataError([(str(folder), "no labeled images found")], f"nothing to evaluate in {folder}", hint=LAYOUT_HINT)
     alphabet = Alphabet(meta["alphabet"])
-    problems = check_labels(samples, alphabet, meta["length"])
+    problems += check_labels(samples, alphabet, meta["length"])
     bad = {p for p, _ in problems}
     samples = [s for s in samples if str(s.path) not in bad]
     encoded = load_images(samples, meta["preprocess"], tuple(meta["input_size"]), cache_dir=False)
@@ -79,6 +86,8 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     if problems and not skip_bad:
         raise DataError(sorted(problems), f"bad data in {folder}")
     labels = [s.label for s in encoded.samples]
+    if not labels:
+        raise DataError(sorted(problems), f"no usable images left in {folder} after leaving out the bad files (--skip-bad)", hint=None)
     logits = predictor.logits(encoded.images)
     texts = [p.text for p in predictor.decode(logits)]
     width = meta["length"] or max((len(t) for t in labels), default=1)

@@ -27,7 +27,7 @@ from captcha import pretrained
 from captcha.alphabet import Alphabet
 from captcha.augment import AUGMENT_LEVELS, augment_batch
 from captcha.constants import DEFAULT_MAX_PARAMS, IMAGE_EXTENSIONS, INPUT_SIZE, NORM_MEAN, NORM_STD
-from captcha.data import DataError, Dataset, Sample, check_labels, load_images, load_splits, split_samples
+from captcha.data import LAYOUT_HINT, DataError, Dataset, Sample, check_labels, load_images, load_splits, split_samples
 from captcha.decoding import decode
 from captcha.distill import distillation_loss, load_teacher
 from captcha.metrics import format_accuracies, per_char_accuracy, sequence_accuracy
@@ -270,22 +270,28 @@ def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, labe
 
 
 @torch.no_grad()
-def pseudo_label(model: nn.Module, images: torch.Tensor, alphabet: str, head: str, width: int, threshold: float,
-                 label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The unlabeled images the model reads with every character at `threshold` or above, and
-    those readings as targets (padded to `width`). The confidences are rescaled for the
-    `label_smoothing` the model trains with (`captcha.decoding.unsmooth`): a smoothed head's
+def pseudo_label_indices(model: nn.Module, images: torch.Tensor, alphabet: str, head: str, width: int, threshold: float,
+                         label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which unlabeled images the model reads with every character at `threshold` or above (their
+    indices), and those readings as targets (padded to `width`). The confidences are rescaled for
+    the `label_smoothing` the model trains with (`captcha.decoding.unsmooth`): a smoothed head's
     surest reading is about 0.81, so a raw 0.95 would pass no image at all."""
     logits = predict_logits(model, images)
     if logits.numel() == 0:
-        return images[:0], torch.zeros(0, width, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, width, dtype=torch.long)
     keep, texts = [], []
     for i, p in enumerate(decode(logits.numpy(), alphabet, head, label_smoothing)):
         if p.text and len(p.text) <= width and min(p.char_confidences) >= threshold:
             keep.append(i)
             texts.append(p.text)
-    index = torch.tensor(keep, dtype=torch.long)
-    return images[index.to(images.device)], encode_labels(texts, Alphabet(alphabet), width)
+    return torch.tensor(keep, dtype=torch.long), encode_labels(texts, Alphabet(alphabet), width)
+
+
+def pseudo_label(model: nn.Module, images: torch.Tensor, alphabet: str, head: str, width: int, threshold: float,
+                 label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images `pseudo_label_indices` keeps, and their targets."""
+    index, targets = pseudo_label_indices(model, images, alphabet, head, width, threshold, label_smoothing)
+    return images[index.to(images.device)], targets
 
 
 PSEUDO_START = 1 / 3  # pseudo-labels join after this fraction of the epochs: the model must read well first
@@ -353,27 +359,33 @@ class PreparedData:
 
 
 def prepare_data(config: TrainConfig, data_dir: Path) -> PreparedData:
-    """Find, check and decode every split; one DataError lists every bad file of every split."""
-    samples = load_splits(data_dir, seed=config.seed)
+    """Find, check and decode every split; one DataError lists every bad file of every split.
+
+    The label length and alphabet are inferred from the training images that decode (unless
+    given), so a file left out by `--skip-bad` adds no symbol; a split left empty by it is refused."""
+    problems: list[tuple[str, str]] = []
+    samples = load_splits(data_dir, seed=config.seed, problems=problems)
     if not samples["train"]:
-        raise DataError([(str(data_dir), "no labeled images found")], "no training data")
+        raise DataError(problems or [(str(data_dir), "no labeled images found")], f"no training data in {data_dir}", hint=LAYOUT_HINT)
     if not samples["val"]:
         parts = split_samples(samples["train"], config.seed, val_fraction=0.1, test_fraction=0.0)
         samples["train"], samples["val"] = parts["train"], parts["val"]
-    train_labels = [s.label for s in samples["train"]]
-    length = None if config.head == "ctc" else (config.length or infer_length(train_labels))
-    alphabet = Alphabet(config.alphabet) if config.alphabet else Alphabet.from_labels(t for t in train_labels if length is None or len(t) == length)
-    problems: list[tuple[str, str]] = []
-    good: dict[str, list] = {}
-    for split, items in samples.items():
-        bad = check_labels(items, alphabet, length)
-        problems += bad
-        bad_paths = {p for p, _ in bad}
-        good[split] = [s for s in items if str(s.path) not in bad_paths]
-    prep = config.preprocess
-    encoded = {split: load_images(items, prep, config.input_size, config.cache_dir) for split, items in good.items()}
+    encoded = {split: load_images(items, config.preprocess, config.input_size, config.cache_dir) for split, items in samples.items()}
     for enc in encoded.values():
         problems += enc.problems
+    train_labels = [s.label for s in encoded["train"].samples]
+    if not train_labels:
+        raise DataError(sorted(problems), f"no readable training images in {data_dir}", hint=None)
+    length = None if config.head == "ctc" else (config.length or infer_length(train_labels))
+    alphabet = Alphabet(config.alphabet) if config.alphabet else Alphabet.from_labels(t for t in train_labels if length is None or len(t) == length)
+    splits = {}
+    for split, enc in encoded.items():
+        bad = check_labels(enc.samples, alphabet, length)
+        problems += bad
+        bad_paths = {p for p, _ in bad}
+        keep = [i for i, s in enumerate(enc.samples) if str(s.path) not in bad_paths]
+        images = enc.images if len(keep) == len(enc.samples) else enc.images[keep]
+        splits[split] = Dataset(images, [enc.samples[i].label for i in keep], [enc.samples[i].path for i in keep])
     if problems:
         error = DataError(sorted(problems), f"bad data in {data_dir}")
         if not config.skip_bad:
@@ -382,10 +394,9 @@ def prepare_data(config: TrainConfig, data_dir: Path) -> PreparedData:
             print("WARNING: " + str(error).splitlines()[0] + " (left out, --skip-bad):")
             for path, reason in sorted(problems)[:50]:
                 print(f"  {path}: {reason}")
-    splits = {
-        split: Dataset(enc.images, [s.label for s in enc.samples], [s.path for s in enc.samples])
-        for split, enc in encoded.items()
-    }
+    for split in ("train", "val"):
+        if not len(splits[split]):
+            raise DataError(sorted(problems), f"no usable {split} images left in {data_dir} after leaving out the bad files (--skip-bad)", hint=None)
     return PreparedData(alphabet, length, splits)
 
 
@@ -440,16 +451,21 @@ def _stats_dict(s: EpochStats) -> dict:
 def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = None, log: Callable[[str], None] = print) -> RunResult:
     """Train, keep the best checkpoint, evaluate it on the test split; resumable."""
     run_dir = Path(config.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir}: a file of that name is there; name a folder for the run")
     last_path = run_dir / ckpt.LAST
     resume_state = None
     device = resolve_device(config.device)
     if config.resume and last_path.exists():
-        resume_state = torch.load(last_path, map_location="cpu", weights_only=False)
+        resume_state = ckpt.read_checkpoint_file(last_path)
         saved = {k: v for k, v in resume_state["config"].items() if k in {f.name for f in fields(TrainConfig)}}
         saved.update(device=config.device, out=config.out)
+        ignored = _settings_resume_ignores(config, saved)
         config = TrainConfig(**saved)
         if dist.is_main():
             log(f"Resuming {run_dir} from epoch {resume_state['epoch']} of {config.epochs}")
+            if ignored:
+                log("--resume continues the run with the settings it was started with; ignoring " + ", ".join(ignored))
     elif config.resume and dist.is_main():
         log(f"No {last_path} to resume from; starting a new run")
 
@@ -489,7 +505,8 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
                 f"{t_val.sequence * 100:.2f}%), weight {config.distill_weight}, temperature {config.distill_temperature}")
     pseudo_from = max(2, int(config.epochs * PSEUDO_START) + 1)
     pseudo_every = max(1, (config.epochs - pseudo_from + 1) // PSEUDO_REFRESHES)
-    pseudo = None
+    pseudo = None  # (images, targets) the current pool trains on
+    pseudo_saved = None  # (indices into the unlabeled images, targets): what last.pt keeps of the pool
     ema_model = None
     if config.ema:
         ema_fn = torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema)
@@ -523,6 +540,9 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
         best_score, best_epoch = resume_state["best_score"], resume_state["best_epoch"]
         stale, train_seconds = resume_state["stale"], resume_state["train_seconds"]
         start_epoch = resume_state["epoch"] + 1
+        if unlabeled is not None and resume_state.get("pseudo") is not None:  # the pool as it was: no extra relabel
+            pseudo_saved = resume_state["pseudo"]
+            pseudo = (unlabeled[pseudo_saved[0].to(unlabeled.device)], pseudo_saved[1])
 
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -534,8 +554,9 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
     timer_start = time.perf_counter() - train_seconds
     for epoch in range(start_epoch, config.epochs + 1):
         if unlabeled is not None and epoch >= pseudo_from and (pseudo is None or (epoch - pseudo_from) % pseudo_every == 0):
-            pseudo = pseudo_label(eval_model, unlabeled, data.alphabet.symbols, config.head, tensors["train"][1].shape[1],
-                                  config.pseudo_threshold, config.label_smoothing)
+            pseudo_saved = pseudo_label_indices(eval_model, unlabeled, data.alphabet.symbols, config.head, tensors["train"][1].shape[1],
+                                                config.pseudo_threshold, config.label_smoothing)
+            pseudo = (unlabeled[pseudo_saved[0].to(unlabeled.device)], pseudo_saved[1])
             if dist.is_main():
                 log(f"Pseudo-labels for epoch {epoch}: {len(pseudo[0])} of {len(unlabeled)} unlabeled images read with "
                     f"every character at {config.pseudo_threshold:.2f} or above")
@@ -564,7 +585,7 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
                 scheduler=scheduler.state_dict() if scheduler is not None else None,
                 generator=generator.get_state(), torch_rng=torch.get_rng_state(), history=history,
                 epoch=epoch, best_score=best_score, best_epoch=best_epoch, stale=stale,
-                train_seconds=elapsed, config=_config_dict(config),
+                train_seconds=elapsed, config=_config_dict(config), pseudo=pseudo_saved,
             )
             _write_history(run_dir, history, width)
         if on_epoch_end is not None:
@@ -598,10 +619,35 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
     return RunResult(run_dir, best_epoch, _stats_dict(val_best), _stats_dict(test_stats) if test_stats else None, n_params, train_seconds)
 
 
+# Settings that name files or folders: saved as absolute paths, so that `--resume` works from
+# any working directory.
+_PATH_SETTINGS = ("data", "cache_dir", "init", "unlabeled", "teacher")
+
+
 def _config_dict(config: TrainConfig) -> dict:
     d = asdict(config)
     d["input_size"] = list(config.input_size)
+    for name in _PATH_SETTINGS:
+        if d[name] and Path(d[name]).exists():
+            d[name] = str(Path(d[name]).resolve())
     return d
+
+
+def _settings_resume_ignores(given: TrainConfig, saved: dict) -> list[str]:
+    """`name=value (the run's: value)` for each setting given away from its default that differs
+    from the one the resumed run was started with (`--resume` keeps the run's settings)."""
+    defaults = _config_dict(TrainConfig())
+    asked = _config_dict(given)
+    ignored = []
+    for name, value in asked.items():
+        if name in ("device", "out", "resume") or name not in saved or value == defaults[name]:
+            continue
+        before = saved[name]
+        if name in _PATH_SETTINGS and before and Path(before).exists():
+            before = str(Path(before).resolve())  # runs saved before paths were stored absolute
+        if value != before:
+            ignored.append(f"{name}={value!r} (the run's: {saved[name]!r})")
+    return ignored
 
 
 def _write_history(run_dir: Path, history: list[dict], width: int) -> None:

@@ -79,3 +79,38 @@ def test_read_image_names_the_file(tmp_path):
         read_image(bad)
     with pytest.raises(ImageDecodeError, match="missing.png"):
         read_image(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_image_viewers_do(orientation):
+    from PIL import ImageOps
+
+    upright = np.zeros((20, 30, 3), np.uint8)
+    upright[:, :8] = 255  # a white band on the left
+    upright[:5, :, 2] = 200  # a red one on top
+    undo = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+    stored = Image.fromarray(upright[:, :, ::-1])
+    stored = stored.transpose(undo[orientation]) if orientation in undo else stored
+    exif = Image.Exif()
+    exif[274] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    out = decode_image(buf.getvalue())
+    viewer = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))))[:, :, ::-1]
+    assert out.shape == (20, 30, 3) and np.abs(out.astype(int) - viewer).max() == 0
+    assert np.abs(out.astype(int) - upright).mean() < 6
+
+
+def test_float_tiff_in_unit_range_reads_like_the_same_image_as_png():
+    gray = np.random.default_rng(1).integers(0, 256, (20, 30)).astype(np.uint8)
+    ok, tiff = cv2.imencode(".tiff", gray.astype(np.float32) / 255.0)
+    assert ok
+    assert np.abs(decode_image(tiff.tobytes())[:, :, 0].astype(int) - gray).max() <= 1
+
+
+def test_decode_error_keeps_the_source_and_the_reason_apart():
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(b"junk", "colon: data/2345_bad.png")
+    assert info.value.source == "colon: data/2345_bad.png" and info.value.reason.startswith("not a readable image")
+    assert str(info.value) == f"colon: data/2345_bad.png: {info.value.reason}"

@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from captcha import train
+from captcha.checkpoint import load_checkpoint
 from captcha.data import DataError
 from captcha.train import TrainConfig, fit, load_unlabeled, pseudo_label
 
@@ -78,3 +80,31 @@ def test_training_with_unlabeled_images_adds_pseudo_labels(trained_run, easy_dat
     # 0.8 + 0.2 / K that a smoothed head is trained towards
     assert counts and counts[0] > 20, messages
     assert result.test["sequence_accuracy"] > 0.4
+
+
+def test_an_interrupted_run_with_pseudo_labels_resumes_to_the_same_result(trained_run, easy_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "PSEUDO_REFRESHES", 2)  # 6 epochs: the pool is labeled at epochs 3 and 5
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    for i, p in enumerate(sorted((easy_data / "test").glob("*.png"))[:40]):
+        shutil.copy(p, unlabeled / f"{i}.png")
+    base = dict(data=str(easy_data), epochs=6, init=str(trained_run), unlabeled=str(unlabeled), cache_dir=str(tmp_path / "c"),
+                batch_size=128, tta=1, pseudo_threshold=0.5)
+    whole: list[str] = []
+    fit(TrainConfig(out=str(tmp_path / "whole"), **base), log=whole.append)
+
+    def interrupt(epoch, row):
+        if epoch == 3:  # resumed at 4, where the pool must be the one of epoch 3, not a new one
+            raise KeyboardInterrupt
+
+    cut: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        fit(TrainConfig(out=str(tmp_path / "cut"), **base), on_epoch_end=interrupt, log=cut.append)
+    fit(TrainConfig(out=str(tmp_path / "cut"), resume=True, **base), log=cut.append)
+    pools = lambda log: [m.split(" read with")[0] for m in log if m.startswith("Pseudo-labels")]  # noqa: E731
+    assert pools(cut) == pools(whole) and [m.split(":")[0] for m in pools(whole)] == ["Pseudo-labels for epoch 3", "Pseudo-labels for epoch 5"]
+    a, b = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert [(r["epoch"], r["phase"]) for r in a["history"]] == [(r["epoch"], r["phase"]) for r in b["history"]]
+    assert [r["loss"] for r in a["history"]] == pytest.approx([r["loss"] for r in b["history"]], abs=1e-5)
+    for key, value in a["model_state"].items():
+        assert torch.allclose(value.float(), b["model_state"][key].float(), atol=1e-5), key

@@ -228,3 +228,45 @@ def test_augment_views_reads_each_image_in_independent_copies(monkeypatch):
         TrainConfig(augment_views=0)
     with pytest.raises(ValueError, match="--augment-views"):
         TrainConfig(augment_views=2, augment="none")
+
+
+def test_a_corrupt_or_foreign_checkpoint_is_refused_by_name(trained_run, easy_data, tmp_path, capsys):
+    image = str(next((easy_data / "test").glob("*.png")))
+    (tmp_path / "trunc").mkdir()
+    (tmp_path / "trunc" / "best.pt").write_bytes((trained_run / "best.pt").read_bytes()[:20000])
+    assert main(["predict", str(tmp_path / "trunc"), image]) == 2
+    assert "trunc/best.pt: not a readable checkpoint" in capsys.readouterr().err
+    assert main(["predict", image, image]) == 2  # an image where the run belongs
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    assert main(["evaluate", str(tmp_path / "other.pt"), "--data", str(easy_data)]) == 2
+    assert "not a captchakit checkpoint" in capsys.readouterr().err
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "last.pt").write_bytes((trained_run / "last.pt").read_bytes())
+    assert main(["predict", str(tmp_path / "cut"), image]) == 2
+    assert "only last.pt" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "cut" / "last.pt"), image]) == 0
+
+
+def test_predict_reads_every_image_of_a_folder(trained_run, easy_data, capsys):
+    assert main(["predict", str(trained_run), str(easy_data / "test"), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 100 and lines[0]["path"].endswith(".png")
+
+
+def test_out_naming_a_file_is_refused_before_any_work(easy_data, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="a file of that name is there"):
+        fit(TrainConfig(data=str(easy_data), out=str(tmp_path / "afile"), cache_dir=str(tmp_path / "c")), **QUIET)
+
+
+def test_resume_says_which_given_settings_it_ignores(easy_data, tmp_path, monkeypatch):
+    base = dict(data=str(easy_data), epochs=1, cache_dir=str(tmp_path / "cache"), batch_size=128, init="none", tta=1)
+    fit(TrainConfig(out=str(tmp_path / "run"), **base), **QUIET)
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["config"]
+    assert saved["data"] == str(easy_data.resolve())  # resumable from any working directory
+    monkeypatch.chdir(tmp_path)
+    messages: list[str] = []
+    fit(TrainConfig(out=str(tmp_path / "run"), resume=True, **{**base, "epochs": 4, "lr": 0.5}), log=messages.append)
+    ignored = [m for m in messages if m.startswith("--resume continues")]
+    assert len(ignored) == 1 and "epochs=4 (the run's: 1)" in ignored[0] and "lr=0.5" in ignored[0] and "data=" not in ignored[0]

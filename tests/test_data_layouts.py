@@ -1,0 +1,132 @@
+"""Label files and folder layouts users bring, and what happens when they are wrong."""
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from captcha.cli import main
+from captcha.data import DataError, load_splits, scan_folder
+from captcha.inference import evaluate_folder
+from captcha.train import TrainConfig, prepare_data
+
+
+def _write(path, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.random.default_rng(seed).integers(0, 255, (50, 130, 3), dtype=np.uint8))
+
+
+def _numbered_copy(tiny_data, out, with_top_csv=True):
+    """The tiny set with its images renamed 0000.png... and one labels.csv at the top."""
+    rows = ["filename,label"]
+    for split in ("train", "val", "test"):
+        for i, sample in enumerate(scan_folder(tiny_data / split)):
+            name = f"{split}/{i:04d}.png"
+            (out / split).mkdir(parents=True, exist_ok=True)
+            shutil.copy(sample.path, out / name)
+            rows.append(f"{name},{sample.label}")
+    if with_top_csv:
+        (out / "labels.csv").write_text("\n".join(rows) + "\n")
+    return rows[1:]
+
+
+def test_one_labels_csv_at_the_top_labels_the_split_folders(tiny_data, tmp_path):
+    rows = _numbered_copy(tiny_data, tmp_path)
+    splits = load_splits(tmp_path)
+    assert {s: len(v) for s, v in splits.items()} == {"train": 120, "val": 40, "test": 40}
+    first = splits["train"][0]
+    assert first.path == tmp_path / "train" / "0000.png" and f"train/0000.png,{first.label}" in rows
+    (tmp_path / "labels.csv").write_text("\n".join(rows + ["elsewhere/0000.png,2345"]) + "\n")
+    with pytest.raises(DataError, match="outside train/, val/ and test/"):
+        load_splits(tmp_path)
+    # and the file names are not silently taken for labels
+    report = {"alphabet": prepare_data(TrainConfig(data=str(tmp_path), cache_dir=str(tmp_path / "c"), skip_bad=True), tmp_path).alphabet.symbols}
+    assert not set(report["alphabet"]) <= set("0123456789")
+
+
+def test_top_and_split_label_files_together_are_refused(tiny_data, tmp_path):
+    _numbered_copy(tiny_data, tmp_path)
+    (tmp_path / "train" / "labels.csv").write_text("filename,label\n0000.png,2345\n")
+    with pytest.raises(DataError, match="keep one of the two"):
+        load_splits(tmp_path)
+
+
+def test_spreadsheet_labels_csv_with_byte_order_mark_and_crlf_is_read(tmp_path):
+    _write(tmp_path / "img1.png")
+    _write(tmp_path / "img2.png", 1)
+    (tmp_path / "labels.csv").write_bytes("\ufefffilename,label\r\nimg1.png,AAAA\r\nimg2.png,BBBB\r\n".encode("utf-8"))
+    assert {s.path.name: s.label for s in scan_folder(tmp_path)} == {"img1.png": "AAAA", "img2.png": "BBBB"}
+
+
+def test_a_file_listed_twice_with_two_labels_is_reported_and_skippable(tmp_path):
+    for i in range(12):
+        _write(tmp_path / f"img{i}.png", i)
+    rows = [f"img{i}.png,{'AB' if i % 2 else 'BA'}" for i in range(12)] + ["img0.png,AB", "img3.png,AB"]  # one conflict, one repeat
+    (tmp_path / "labels.csv").write_text("filename,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"img0.png: listed twice in labels.csv with different labels \('BA' and 'AB'\)") as info:
+        scan_folder(tmp_path)
+    assert "img3.png" not in str(info.value)  # the same label twice is no conflict
+    problems: list = []
+    samples = scan_folder(tmp_path, problems)
+    assert len(samples) == 11 and "img0.png" not in {s.path.name for s in samples} and len(problems) == 1
+
+
+def test_a_listed_file_that_is_missing_is_left_out_with_skip_bad(tmp_path):
+    for i in range(20):
+        _write(tmp_path / f"{'ab'[i % 2]}{'ba'[i % 2]}_{i}.png", i)
+    rows = [f"{p.name},{p.name[:2]}" for p in sorted(tmp_path.glob("*.png"))] + ["ghost.png,ab"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    config = TrainConfig(data=str(tmp_path), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(DataError, match="ghost.png: listed in labels.csv but missing") as info:
+        prepare_data(config, tmp_path)
+    assert "--skip-bad" in str(info.value)
+    config.skip_bad = True
+    prepared = prepare_data(config, tmp_path)
+    assert sum(len(d) for d in prepared.splits.values()) == 20
+
+
+def test_skip_bad_never_trains_on_nothing_and_bad_files_add_no_symbol(tmp_path):
+    for i in range(5):
+        (tmp_path / "train" / f"234{i}_x.png").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "train" / f"234{i}_x.png").write_text("not an image")
+        _write(tmp_path / "val" / f"{'ab'[i % 2]}{'ba'[i % 2]}ab_{i}.png", i)
+    config = TrainConfig(data=str(tmp_path), cache_dir=str(tmp_path / "c"), skip_bad=True)
+    with pytest.raises(DataError, match="no readable training images") as info:
+        prepare_data(config, tmp_path)
+    assert "--skip-bad to leave" not in str(info.value)
+    for i in range(10):
+        _write(tmp_path / "train" / f"{'ab'[i % 2]}{'ba'[i % 2]}ab_{i}.png", 10 + i)
+    (tmp_path / "train" / "zzzz_bad.png").write_text("not an image either")
+    prepared = prepare_data(config, tmp_path)
+    assert prepared.alphabet.symbols == "ab" and len(prepared.splits["train"]) == 10  # z came from an unreadable file only
+    for p in (tmp_path / "val").glob("*.png"):
+        p.write_text("broken")
+    with pytest.raises(DataError, match="no usable val images left"):
+        prepare_data(config, tmp_path)
+
+
+def test_missing_train_folder_and_empty_folders_say_what_a_data_folder_holds(tmp_path):
+    _write(tmp_path / "split" / "val" / "abcd_0.png")
+    _write(tmp_path / "split" / "test" / "abcd_1.png")
+    with pytest.raises(DataError, match="no train/ folder beside val/, test/") as info:
+        prepare_data(TrainConfig(cache_dir=str(tmp_path / "c")), tmp_path / "split")
+    assert "--skip-bad" not in str(info.value) and "labels.csv" in str(info.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no labeled images found") as info:
+        prepare_data(TrainConfig(cache_dir=str(tmp_path / "c")), tmp_path / "empty")
+    assert "--skip-bad" not in str(info.value)
+
+
+def test_evaluate_names_an_empty_folder(trained_run, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="nothing to evaluate"):
+        evaluate_folder(trained_run, tmp_path / "empty")
+    assert main(["evaluate", str(trained_run), "--data", str(tmp_path / "empty")]) == 2
+    assert "no labeled images found" in capsys.readouterr().err
+
+
+def test_evaluate_reads_a_top_level_labels_csv(trained_run, easy_data, tmp_path):
+    _numbered_copy(easy_data, tmp_path)
+    renamed = evaluate_folder(trained_run, tmp_path)
+    assert renamed["samples"] == 100 and renamed["sequence_accuracy"] == evaluate_folder(trained_run, easy_data)["sequence_accuracy"]
