@@ -56,7 +56,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     import cv2
 
     from captcha.data import load_splits
-    from captcha.imageio import read_image
+    from captcha.imageio import read_image, write_image
     from captcha.plots import image_grid
     from captcha.preprocess import get_preprocessor, list_preprocessors
 
@@ -77,7 +77,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     grid = image_grid(rows, labels)
     header = image_grid([[_header_cell(n, size) for n in ["input"] + names]], [""])
     out = Path(args.out)
-    cv2.imwrite(str(out), cv2.vconcat([header, grid]))
+    write_image(out, cv2.vconcat([header, grid]))
     print(f"Wrote {out}: {len(samples)} images x ({', '.join(['input'] + names)})")
     return 0
 
@@ -96,7 +96,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     print(f"{'model':16s} {'parameters':>12s}   (classes={args.classes}, channels={args.channels}, length={args.length}, head={args.head})")
     for name in list_models("recognition"):
-        model = create_model(name, num_classes=args.classes, length=args.length, in_channels=args.channels, head=args.head)
+        try:
+            model = create_model(name, num_classes=args.classes, length=args.length, in_channels=args.channels, head=args.head)
+        except ValueError as exc:  # a model without this kind of head
+            print(f"{name:16s} {'-':>12s}   ({exc})")
+            continue
         n = count_parameters(model)
         flag = "" if n <= args.max_params else f"  over the {args.max_params:,} budget"
         print(f"{name:16s} {n:>12,}{flag}")
@@ -205,6 +209,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+# The report's grid: pooled per-character heads (the dense-layer models support no other), and
+# no parameter budget (two of its models are over 1M).
+_SWEEP_DEFAULTS = {"head": "fixed", "max_params": 10**12}
+
+
 def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     from captcha.augment import AUGMENT_LEVELS
     from captcha.models import HEAD_TYPES, list_models
@@ -219,7 +228,8 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
         p.add_argument("--preprocess", choices=list_preprocessors(), help=f"preprocessor (default {d.preprocess})")
         p.add_argument("--out", help=f"run directory (default {d.out})")
         p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run from OUT/last.pt")
-    p.add_argument("--head", choices=HEAD_TYPES, help=f"fixed per-character heads, attention heads, or CTC for variable length (default {d.head})")
+    head_default = _SWEEP_DEFAULTS["head"] if sweep else d.head
+    p.add_argument("--head", choices=HEAD_TYPES, help=f"fixed per-character heads, attention heads, or CTC for variable length (default {head_default})")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
@@ -238,7 +248,8 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto (CUDA when available)")
     p.add_argument("--patience", type=int, help="stop after this many epochs without a better val score (default 0: never)")
-    p.add_argument("--max-params", type=int, help=f"refuse a model with more parameters (default {d.max_params:,})")
+    budget = "none: the report's grid holds models of 4.8M and 12.8M parameters" if sweep else f"{d.max_params:,}"
+    p.add_argument("--max-params", type=int, help=f"refuse a model with more parameters (default {budget})")
     p.add_argument("--alphabet", help="symbols, in class order (default: inferred from the training labels)")
     p.add_argument("--length", type=int, help="characters per CAPTCHA (default: inferred from the training labels)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input size (default 50 130)")
@@ -328,8 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=list_models("recognition"), choices=list_models("recognition"))
     p.add_argument("--preprocessors", nargs="+", default=["original", "denoise", "denoise2"], choices=list_preprocessors())
     p.add_argument("--out", default="runs/sweep")
-    # The report's grid: pooled per-character heads (the dense-layer models support no other).
-    p.set_defaults(func=_cmd_sweep, max_params=10**12, head="fixed")
+    p.set_defaults(func=_cmd_sweep, **_SWEEP_DEFAULTS)
 
     for module in _EXTENSIONS:
         importlib.import_module(module).register(sub)

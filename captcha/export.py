@@ -127,9 +127,8 @@ def _class_tree_files(folder: Path, count: int) -> list[Path]:
 def _mnist_images(root: Path, count: int, workdir: Path) -> list[Path]:
     """The first `count` MNIST test (else train) images written as PNGs, so they take the same
     decode + preprocess path as every served image."""
-    import cv2
-
     from captcha.classify.data import _MNIST_FILES, _read_idx, find_mnist
+    from captcha.imageio import write_image
 
     folder = find_mnist(root)
     if folder is None:
@@ -142,7 +141,7 @@ def _mnist_images(root: Path, count: int, workdir: Path) -> list[Path]:
         workdir.mkdir(parents=True, exist_ok=True)
         paths = [workdir / f"mnist_{split}_{i:05d}.png" for i in range(len(images))]
         for path, image in zip(paths, images):
-            cv2.imwrite(str(path), image)
+            write_image(path, image)
         return paths
     return []
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from captcha.constants import DEFAULT_ALPHABET, DEFAULT_LENGTH, DEFAULT_SPLITS, INPUT_SIZE
 from captcha.fonts import is_font_path, render_glyph
+from captcha.imageio import write_image
 
 _F = cv2  # Hershey font ids live on cv2
 ALL_FONTS = (
@@ -387,6 +388,30 @@ class GeneratorConfig:
     seed: int = 0
     fonts: tuple[str, ...] = ()  # font files the `mix` pseudo-style may also write in (captcha.fonts.find_fonts)
 
+    def __post_init__(self) -> None:
+        if not self.alphabet:
+            raise ValueError("--alphabet must hold at least one symbol")
+        if len(set(self.alphabet)) != len(self.alphabet):
+            raise ValueError(f"--alphabet {self.alphabet!r} repeats a symbol")
+        low, high = self.length if isinstance(self.length, tuple) else (self.length, self.length)
+        if low < 1:
+            raise ValueError(f"labels need at least 1 character (--length / --min-length {low})")
+        if low > high:
+            raise ValueError(f"--min-length {low} is above --length {high}")
+        bad = {k: v for k, v in self.splits.items() if v < 0}
+        if bad:
+            raise ValueError(f"--splits must not be negative: {bad}")
+        if min(self.size) < 8:
+            raise ValueError(f"images of {self.size[0]}x{self.size[1]} pixels are too small to draw text on (--height, --width)")
+
+
+def image_name(text: str, index: int) -> str:
+    """`<label>_<index>.png`, the name `captcha train` reads the label from; labels with symbols
+    a file name cannot carry safely (`/`, `_`, spaces, ...) get `<index>.png`, and `labels.csv`
+    (written beside the images either way) carries their label."""
+    safe = all(c.isascii() and (c.isalnum() or c == "-") for c in text)
+    return f"{text}_{index:05d}.png" if safe else f"{index:05d}.png"
+
 
 def generate_dataset(out_dir: str | Path, config: GeneratorConfig) -> dict[str, int]:
     """Write `out_dir/<split>/<label>_<index>.png` plus a `labels.csv` per split.
@@ -405,8 +430,8 @@ def generate_dataset(out_dir: str | Path, config: GeneratorConfig) -> dict[str, 
             text = random_text(rng, config.alphabet, config.length)
             style = styles[i % len(styles)] or mixed_style(rng, font_files=config.fonts)
             img = render(text, style, rng, config.size)
-            name = f"{text}_{i:05d}.png"
-            cv2.imwrite(str(split_dir / name), img)
+            name = image_name(text, i)
+            write_image(split_dir / name, img)
             rows.append((name, text))
         with open(split_dir / "labels.csv", "w", newline="") as f:
             writer = csv.writer(f)

@@ -7,7 +7,9 @@ PNG, a JPEG, a GIF, a palette or 16-bit image gives the same pixels everywhere.
 from __future__ import annotations
 
 import io
+import re
 import struct
+import warnings
 from pathlib import Path
 
 import cv2
@@ -34,13 +36,21 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) read from the header alone, or None if the format is not recognised."""
     if data.startswith(_PNG_SIGNATURE) and len(data) >= 24:
         return struct.unpack(">II", data[16:24])
-    try:
-        from PIL import Image
+    from PIL import Image
 
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
-    except Exception:  # noqa: BLE001 - any failure just means "unknown header"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+    except Image.DecompressionBombError as exc:  # over Pillow's own limit, far over ours: read its size
+        size = _BOMB_SIZE.search(str(exc))
+        return (int(size.group(1)), 1) if size else (MAX_IMAGE_PIXELS + 1, 1)
+    except Exception:  # noqa: BLE001 - any other failure just means "unknown header"
         return None
+
+
+_BOMB_SIZE = re.compile(r"\((\d+) pixels\)")  # Pillow's message: "Image size (225000000 pixels) exceeds limit ..."
 
 
 def _to_bgr8(image: np.ndarray) -> np.ndarray:
@@ -85,7 +95,8 @@ def decode_image(data: bytes, source: str = "<bytes>") -> np.ndarray:
         raise ImageDecodeError(source, "empty image data")
     size = _header_size(data)
     if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise ImageDecodeError(source, f"image of {size[0]}x{size[1]} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")
+        shape = f"{size[0]}x{size[1]}" if size[1] > 1 else f"{size[0]:,}"
+        raise ImageDecodeError(source, f"image of {shape} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")
     buffer = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
@@ -137,6 +148,20 @@ def _apply_orientation(image: np.ndarray, data: bytes) -> np.ndarray:
         return cv2.rotate(image, arg)
     transposed = np.ascontiguousarray(image.transpose(1, 0, 2))
     return transposed if kind == "transpose" else cv2.rotate(transposed, cv2.ROTATE_180)
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Write an image file (its type from the extension), making the folder if needed; a path
+    OpenCV cannot write is refused by name instead of failing silently."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        written = cv2.imwrite(str(path), image)
+    except cv2.error as exc:
+        raise ValueError(f"{path}: cannot write an image of type {path.suffix or '(no extension)'}; use .png or .jpg") from exc
+    if not written:
+        raise ValueError(f"{path}: could not be written")
+    return path
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -61,6 +61,8 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     """Accuracy of a trained run on a labeled folder (its `test/` split when it has one); `tta`
     overrides the run's number of test-time views (`captcha.tta`)."""
     predictor = Predictor.from_run(run, device)
+    if predictor.meta.get("task", "recognition") != "recognition":
+        raise ValueError(f"{run}: a {predictor.meta['task']} run; `captcha classify evaluate` evaluates it")
     if tta is not None:
         read_views(predictor.model, tta)
     meta = predictor.meta

@@ -8,6 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from captcha.imageio import write_image
+
 _COLORS = [(200, 90, 30), (40, 140, 240), (60, 170, 60), (40, 40, 200), (150, 60, 150)]
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -58,9 +60,7 @@ def learning_curves(history: list[dict], out: str | Path, metric: str = "sequenc
     loss = {p: [r["loss"] for r in history if r["phase"] == p] for p in phases}
     acc = {p: [r[metric] for r in history if r["phase"] == p] for p in phases}
     img = np.concatenate([_line_panel("loss", loss), _line_panel(metric_label, acc, y_range=(0.0, 1.0))], axis=1)
-    out = Path(out)
-    cv2.imwrite(str(out), img)
-    return out
+    return write_image(out, img)
 
 
 def image_grid(rows: list[list[np.ndarray]], labels: list[str] | None = None, scale: int = 2, pad: int = 4) -> np.ndarray:
@@ -103,9 +103,7 @@ def misread_grid(items: list[tuple[np.ndarray, str, str]], out: str | Path, colu
             x += cv2.getTextSize(text, _FONT, 0.55, 1)[0][0]
         cells.append(cell)
     grid = image_grid([cells[i : i + columns] for i in range(0, len(cells), columns)], scale=1)
-    out = Path(out)
-    cv2.imwrite(str(out), grid)
-    return out
+    return write_image(out, grid)
 
 
 def confusion_matrix_image(matrix: np.ndarray, names: list[str], out: str | Path, cell: int = 28) -> Path:
@@ -124,6 +122,4 @@ def confusion_matrix_image(matrix: np.ndarray, names: list[str], out: str | Path
         cv2.putText(img, names[i][:10], (2, margin + i * cell + cell // 2 + 4), _FONT, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
         cv2.putText(img, names[i][:3], (margin + i * cell + 2, margin - 8), _FONT, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "true \\ predicted", (2, 20), _FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    out = Path(out)
-    cv2.imwrite(str(out), img)
-    return out
+    return write_image(out, img)

@@ -50,13 +50,21 @@ def _cmd_client(args: argparse.Namespace) -> int:
     status = 0
     token = args.token or os.environ.get("CAPTCHA_TOKEN") or None
     paths, payloads = [], []
+    limit = int(args.max_message_mb * 1024 * 1024) - 1024  # room for the message's other fields
     for path in args.images:
         try:
-            payloads.append(Path(path).read_bytes())
-            paths.append(path)
+            data = Path(path).read_bytes()
         except OSError as exc:
             print(f"error: {path}: cannot read file ({exc.strerror})", file=sys.stderr)
             status = 1
+            continue
+        if len(data) > limit:  # sent, it would end the whole stream with RESOURCE_EXHAUSTED
+            print(f"error: {path}: {len(data) / 2**20:.1f} MB, over the {args.max_message_mb:g} MB a request may carry "
+                  "(--max-message-mb, here and on the server)", file=sys.stderr)
+            status = 1
+            continue
+        payloads.append(data)
+        paths.append(path)
     with open_channel(args.address, args.tls_ca, args.tls) as channel:
         client = RecognizerClient(channel, token, timeout=args.timeout)
         try:
@@ -106,4 +114,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-ca", help="PEM CA certificate to trust (implies --tls)")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--json", action="store_true", help="one JSON object per line, as `captcha predict --json`")
+    p.add_argument("--max-message-mb", type=float, default=4.0, help="skip (and name) larger files: the server's --max-message-mb (default 4)")
     p.set_defaults(func=_cmd_client)

@@ -106,6 +106,8 @@ class Engine:
         Returns, per image, the batcher's future or the `RpcAbort` that says why it was not
         queued (a bad image, a full queue), so one bad item does not fail the others.
         """
+        if not images:
+            return []
         spec = entry.model.spec
         args = (spec.preprocess, tuple(spec.input_size), spec.mean, spec.std)
         loop = asyncio.get_running_loop()

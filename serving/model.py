@@ -121,7 +121,12 @@ class ServedModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.path), options, providers=choose_providers(device))
+        providers = choose_providers(device)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT's own error types: a corrupt file, a checkpoint, a text file
+            raise ValueError(f"{self.path}: not a loadable ONNX model ({type(exc).__name__}: {str(exc)[:200]}); "
+                             "write one with `captcha export RUN`") from exc
         self.provider = self.session.get_providers()[0]
         _announce(self.provider)
         self.spec = ModelSpec.from_props(dict(self.session.get_modelmeta().custom_metadata_map), str(self.path))

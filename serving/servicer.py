@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import struct
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ _STREAM_WINDOW = 64  # images one stream may have in flight before reading more 
 # A call cancelled this close to its deadline was ended by the deadline (the client's timer fires
 # a moment before the server's own).
 _DEADLINE_SLACK_S = 0.05
+INFER_INPUT = "image"  # the one KServe v2 input: BYTES, one encoded image per element
 
 
 def _observe(engine: Engine, method: str, code: grpc.StatusCode, started: float) -> None:
@@ -129,13 +131,15 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                 item = await pending.get()
                 if item is None:
                     break
+                if isinstance(item, Exception):  # a message that is not a RecognizeRequest: say so, not OK
+                    raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"unreadable stream message: {type(item).__name__}: {item}")
                 request_id, entry, staged = item
                 await context.write(await self._item(entry, staged, request_id))
         finally:
             reader.cancel()
             while not pending.empty():
                 item = pending.get_nowait()
-                if item is not None:
+                if isinstance(item, tuple):
                     cancel_staged([item[2]])
 
     async def _read_stream(self, request_iterator, pending: asyncio.Queue) -> None:
@@ -149,8 +153,9 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                 await pending.put((request.id, entry, staged))
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the client went away or sent a bad message; the writer ends
-            pass
+        except Exception as exc:  # noqa: BLE001 - the client went away (the writer's answer then goes nowhere) or sent a bad message
+            await pending.put(exc)
+            return
         await pending.put(None)
 
     @_rpc("Classify")
@@ -160,6 +165,8 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             raise RpcAbort(grpc.StatusCode.FAILED_PRECONDITION, f"model {entry.model.name!r} is a {entry.model.spec.task} model; use Recognize")
         staged = await self.engine.stage(entry, request.image, "request")
         row = await self.engine.logits(staged)
+        if request.top_k < 0:
+            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be 0 (the default, 5) or more, got {request.top_k}")
         labels = entry.model.top_k(row[None], request.top_k or 5)[0]
         return pb.ClassifyResponse(
             labels=[pb.Label(name=n, probability=p) for n, p in labels], model=entry.model.name, model_version=entry.model.version
@@ -232,7 +239,7 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
         meta = kpb.ModelMetadataResponse
         return meta(
             name=entry.model.name, versions=[entry.model.version], platform="captchakit_onnx",
-            inputs=[meta.TensorMetadata(name="image", datatype="BYTES", shape=[-1])],
+            inputs=[meta.TensorMetadata(name=INFER_INPUT, datatype="BYTES", shape=[-1])],
             outputs=[meta.TensorMetadata(name="text", datatype="BYTES", shape=[-1]), meta.TensorMetadata(name="confidence", datatype="FP32", shape=[-1])],
         )
 
@@ -241,10 +248,15 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
         entry = self.engine.get(request.model_name)
         if len(request.inputs) != 1 or request.inputs[0].datatype != "BYTES":
             raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "expected one BYTES input of encoded images")
+        tensor_in = request.inputs[0]
+        if tensor_in.name not in ("", INFER_INPUT):
+            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown input {tensor_in.name!r}; this model takes {INFER_INPUT!r}")
         raw = request.raw_input_contents[0] if request.raw_input_contents else None
-        images = _bytes_elements(request.inputs[0], raw)
+        images = _bytes_elements(tensor_in, raw)
         if not images:
             raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "no images in the input tensor")
+        if tensor_in.shape and math.prod(tensor_in.shape) != len(images):  # [N] or, as Triton clients send, [N, 1]
+            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"input shape {list(tensor_in.shape)} does not match its {len(images)} element(s)")
         staged = await self.engine.stage_many(entry, images, [f"image[{i}]" for i in range(len(images))])
         try:
             failed = next((s for s in staged if isinstance(s, RpcAbort)), None)

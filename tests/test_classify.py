@@ -10,6 +10,7 @@ import argparse
 import gzip
 import json
 import struct
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -261,3 +262,48 @@ def test_sweep_writes_tables(tmp_path, shapes, capsys):
     assert len(rows) == 1 + 4  # activation: relu, softmax; model: mlp, cnn
     assert len(list((tmp_path / "runs").iterdir())) == 3  # the baseline is trained once
     assert "| activation | **relu** |" in (tmp_path / "sweep.md").read_text()
+
+
+def test_r2_cnn_at_28x28_exports_to_onnx_and_agrees_with_torch(tmp_path, shapes):
+    from captcha.export import export_onnx
+
+    recipe = build_recipe("default", model="cnn", epochs=[1], input_size=(28, 28), batch_size=16)
+    train_classifier(shapes, tmp_path / "run", recipe, device="cpu", **QUIET)  # 28 -> 7 x 7 features, pooled to 4 x 4
+    result = export_onnx(tmp_path / "run", tmp_path / "cnn.onnx", verify_images=8, log=lambda s: None)
+    assert result.path.is_file() and result.max_abs_diff < 1e-4
+
+
+def test_bad_mnist_files_and_weights_files_are_named(tmp_path, shapes, resnet18_file):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 16).clip(0, 255).astype(np.uint8)
+    for name, array in (("train-images-idx3-ubyte", images[:100]), ("t10k-images-idx3-ubyte", images[100:150]),
+                        ("t10k-labels-idx1-ubyte", digits.target[100:150])):
+        _write_idx(tmp_path / name, array, packed=False)
+    labels = digits.target[:100].copy()
+    labels[7] = 12
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", labels, packed=False)
+    with pytest.raises(DataError, match=r"labels must be digits 0-9, found \[12\]") as info:
+        load_mnist(tmp_path, (16, 16))
+    assert "--skip-bad" not in str(info.value)  # the classification track has no such flag
+    (tmp_path / "train-labels-idx1-ubyte").unlink()
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    leftovers = set(Path(tempfile.gettempdir()).iterdir())
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: not a readable gzip file"):
+        load_mnist(tmp_path, (16, 16))
+    assert set(Path(tempfile.gettempdir()).iterdir()) <= leftovers  # no temporary file left behind
+    model = create_model("resnet50", num_classes=len(CLASSES))
+    with pytest.raises(ValueError, match="does not fit resnet50"):
+        load_pretrained(model, "resnet50", resnet18_file)  # a ResNet18 file is not ResNet50 weights
+    (tmp_path / "bogus.pth").write_text("hi")
+    with pytest.raises(ValueError, match="bogus.pth: not a weights file"):
+        load_pretrained(model, "resnet50", tmp_path / "bogus.pth")
+
+
+def test_recipes_refuse_values_no_run_can_use_and_svm_wants_a_classifier(trained_run, shapes):
+    for overrides, flag in (({"batch_size": 0}, "--batch-size"), ({"input_size": (0, 28)}, "--input-size"), ({"epochs": [0]}, "--epochs")):
+        with pytest.raises(ValueError, match=flag):
+            build_recipe("default", **overrides)
+    with pytest.raises(ValueError, match="not a classification run"):
+        svm_compare(trained_run, shapes)

@@ -54,3 +54,47 @@ def test_sweep_writes_a_table(easy_data, tmp_path, capsys):
     table = (tmp_path / "sweep" / "sweep.md").read_text()
     assert table.count("| resnet18_mod |") == 2
     assert (tmp_path / "sweep" / "sweep.csv").read_text().startswith("model,preprocess,parameters")
+
+
+def test_generate_refuses_nonsense_and_never_writes_outside_out(tmp_path, capsys):
+    from captcha.data import load_splits
+
+    for flags, reason in ((["--length", "0"], "at least 1 character"), (["--splits", "-1", "1", "1"], "must not be negative"),
+                          (["--alphabet", ""], "at least one symbol"), (["--min-length", "5", "--length", "3"], "above --length"),
+                          (["--alphabet", "aab"], "repeats a symbol")):
+        assert main(["generate", str(tmp_path / "x"), *flags]) == 2, flags
+        assert reason in capsys.readouterr().err
+    out = tmp_path / "odd"
+    assert main(["generate", str(out), "--alphabet", "a_b/", "--splits", "6", "2", "2", "--seed", "1"]) == 0
+    files = sorted(p.name for p in tmp_path.rglob("*.png"))
+    assert len(files) == 10 and all(p.is_relative_to(out) for p in tmp_path.rglob("*.png"))
+    splits = load_splits(out)  # the labels come from labels.csv
+    assert sum(len(v) for v in splits.values()) == 10 and all(set(s.label) <= set("a_b/") for v in splits.values() for s in v)
+
+
+def test_pictures_go_where_asked_or_say_why_not(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "d"), "--splits", "4", "1", "1"]) == 0
+    assert main(["preview", str(tmp_path / "d"), "--out", str(tmp_path / "new" / "folder" / "p.png")]) == 0
+    assert (tmp_path / "new" / "folder" / "p.png").is_file()
+    assert main(["preview", str(tmp_path / "d"), "--out", str(tmp_path / "p.jpgx")]) == 2
+    assert "cannot write an image of type .jpgx" in capsys.readouterr().err
+
+
+def test_models_lists_every_model_for_any_head_and_sweep_help_shows_its_defaults(capsys):
+    assert main(["models", "--head", "attention"]) == 0
+    out = capsys.readouterr().out
+    assert "sepnet" in out and "baseline" in out and "supports only --head fixed" in out
+    help_text = build_parser()._subparsers._group_actions[0].choices["sweep"].format_help()
+    assert "(default fixed)" in " ".join(help_text.split()) and "1,000,000" not in help_text
+
+
+def test_evaluate_on_a_classifier_run_points_to_classify_evaluate(tmp_path, capsys):
+    from captcha.classify.recipes import build_recipe
+    from captcha.classify.shapes import write_shapes
+    from captcha.classify.train import train_classifier
+
+    shapes = write_shapes(tmp_path / "shapes", 4, size=32)
+    train_classifier(shapes, tmp_path / "run", build_recipe("default", model="mlp", epochs=[1], input_size=(16, 16)), device="cpu",
+                     log=lambda s: None, cache_dir=False)
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(shapes)]) == 2
+    assert "captcha classify evaluate" in capsys.readouterr().err

@@ -135,3 +135,6 @@ def test_classify_top_k_bounds_and_model_info(client, torch_side) -> None:
     with pytest.raises(grpc.RpcError) as err:
         client.stub.Classify(pb.ClassifyRequest(image=b"not an image"), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        client.stub.Classify(pb.ClassifyRequest(image=image, top_k=-1), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_k" in err.value.details()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import struct
 import subprocess
 import threading
 import time
@@ -344,3 +345,58 @@ def test_process_pool_preprocessing_gives_the_same_answers(artifacts) -> None:
             assert texts == [e.text for e in expected]
     finally:
         srv.stop(0).wait(10)
+
+
+# ------------------------------------------------------------------- malformed calls
+
+
+def test_malformed_calls_get_invalid_argument_and_the_server_goes_on(artifacts, small_limit_server) -> None:
+    _srv, channel = small_limit_server
+    client = RecognizerClient(channel, timeout=30)
+    assert list(client.recognize_batch([])) == []  # an empty batch is an empty answer, not INTERNAL
+    # a stream message that is not a RecognizeRequest ends the stream with a reason, not OK
+    raw_stream = channel.stream_stream("/captcha.v1.Recognizer/RecognizeStream", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as err:
+        list(raw_stream(iter([b"\n\xff"]), timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unreadable stream message" in err.value.details()
+    stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+    good = artifacts["images"][0].read_bytes()
+    tensor = kpb.ModelInferRequest.InferInputTensor
+    for bad, reason in ((tensor(name="foo", datatype="BYTES", shape=[1]), "unknown input 'foo'"),
+                        (tensor(name="image", datatype="BYTES", shape=[5]), "does not match its 1 element")):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(kpb.ModelInferRequest(model_name="captcha", inputs=[bad], raw_input_contents=[struct.pack("<I", len(good)) + good]), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in err.value.details()
+    as_triton = tensor(name="image", datatype="BYTES", shape=[1, 1])  # [N, 1], as Triton clients send it
+    reply = stub.ModelInfer(kpb.ModelInferRequest(model_name="captcha", inputs=[as_triton], raw_input_contents=[struct.pack("<I", len(good)) + good]), timeout=30)
+    assert list(reply.outputs[0].shape) == [1]
+    assert client.recognize(good).text == _expected(artifacts, artifacts["images"][:1])[0]
+
+
+def test_an_image_header_over_pillows_own_limit_is_refused_by_ours(artifacts, small_limit_server) -> None:
+    # a JPEG header claiming 15000 x 15000 pixels (Pillow refuses past ~179M pixels itself)
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, 15000, 15000, 3) + b"\x01\x11\x00\x02\x11\x00\x03\x11\x00"
+    bomb = b"\xff\xd8" + sof + b"\xff\xd9"
+    client = RecognizerClient(small_limit_server[1], timeout=30)
+    with pytest.raises(grpc.RpcError) as err:
+        client.recognize(bomb)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "exceeds the limit" in err.value.details()
+
+
+def test_serving_a_file_that_is_not_onnx_is_an_error_line(artifacts, capsys) -> None:
+    from captcha.cli import main
+
+    assert main(["serve", str(artifacts["run"] / "best.pt"), "--port", "0"]) == 2
+    assert "best.pt: not a loadable ONNX model" in capsys.readouterr().err
+
+
+def test_client_names_a_file_over_the_message_limit_and_reads_the_rest(artifacts, small_limit_server, tmp_path, capsys) -> None:
+    from captcha.cli import main
+
+    srv, _channel = small_limit_server
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"\x00" * (300 * 1024))
+    first, last = (str(p) for p in artifacts["images"][:2])
+    assert main(["client", first, str(big), last, "--address", f"127.0.0.1:{srv.port}", "--max-message-mb", "0.25"]) == 1
+    out, err = capsys.readouterr()
+    assert "big.png: 0.3 MB, over the 0.25 MB" in err and first in out and last in out

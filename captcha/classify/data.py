@@ -24,6 +24,8 @@ import torch
 from captcha.constants import IMAGE_EXTENSIONS
 from captcha.data import DataError, Sample, load_images
 
+NO_SKIP_HINT = "Fix or remove these files."  # the classification track reads every file or stops
+
 SPLITS = ("train", "val", "test")
 _MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -81,15 +83,20 @@ def _read_idx(folder: Path, name: str) -> torch.Tensor:
     if plain.is_file():
         path = plain
     elif packed.is_file():
-        with tempfile.NamedTemporaryFile(delete=False) as tmp, gzip.open(packed, "rb") as src:
-            shutil.copyfileobj(src, tmp)
-        path = Path(tmp.name)
+        with tempfile.NamedTemporaryFile(delete=False) as tmp:
+            path = Path(tmp.name)
+            try:
+                with gzip.open(packed, "rb") as src:
+                    shutil.copyfileobj(src, tmp)
+            except (OSError, EOFError) as exc:  # not gzip, or cut short
+                path.unlink(missing_ok=True)
+                raise DataError([(str(packed), f"not a readable gzip file ({exc})")], "bad MNIST data", hint=NO_SKIP_HINT) from exc
     else:
         raise FileNotFoundError(f"{plain}: missing MNIST file (also looked for {packed.name})")
     try:
         return read_sn3_pascalvincent_tensor(str(path), strict=False)
     except Exception as exc:  # noqa: BLE001 - torchvision raises assorted errors on bad files
-        raise DataError([(str(path), f"not an IDX file ({exc})")], "bad MNIST data") from exc
+        raise DataError([(str(packed if path != plain else path), f"not an IDX file ({exc})")], "bad MNIST data", hint=NO_SKIP_HINT) from exc
     finally:
         if path != plain:
             path.unlink(missing_ok=True)
@@ -133,7 +140,10 @@ def load_mnist(
     for name, (img_file, lbl_file) in _MNIST_FILES.items():
         images, labels = _read_idx(folder, img_file), _read_idx(folder, lbl_file)
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise DataError([(str(folder / img_file), f"{tuple(images.shape)} images for {tuple(labels.shape)} labels")], "bad MNIST data")
+            raise DataError([(str(folder / img_file), f"{tuple(images.shape)} images for {tuple(labels.shape)} labels")], "bad MNIST data", hint=NO_SKIP_HINT)
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) > 9):
+            bad = sorted({int(v) for v in labels.tolist() if not 0 <= v <= 9})
+            raise DataError([(str(folder / lbl_file), f"labels must be digits 0-9, found {bad[:10]}")], "bad MNIST data", hint=NO_SKIP_HINT)
         arrays[name] = (images.numpy().astype(np.uint8), labels.long())
     train_idx, val_idx = _split_pool(len(arrays["train"][1]), split, seed)
     images, labels = arrays["train"]
@@ -198,7 +208,7 @@ def load_image_folder(
             if (root / s).is_dir():
                 extra = sorted(set(_class_folders(root / s)) - set(class_names))
                 if extra:
-                    raise DataError([(str(root / s / e), "class folder not in train/") for e in extra], f"bad data in {root}")
+                    raise DataError([(str(root / s / e), "class folder not in train/") for e in extra], f"bad data in {root}", hint=NO_SKIP_HINT)
         if not (root / "val").is_dir():
             pool = per_split["train"]
             train_idx, val_idx = _split_pool(len(pool), split, seed)
@@ -213,7 +223,7 @@ def load_image_folder(
     sizes = {"train": train_size or size, "val": size, "test": size}
     splits = {s: _encode(per_split[s], class_names, sizes[s], channels, cache_dir, problems) for s in SPLITS}
     if problems:
-        raise DataError(sorted(problems), f"unreadable images in {root}")
+        raise DataError(sorted(problems), f"unreadable images in {root}", hint=NO_SKIP_HINT)
     return ClassData(class_names, splits, "imagefolder")
 
 

@@ -13,6 +13,7 @@ from its checkpoint never needs the weights file.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +34,29 @@ _TORCHVISION = {
     "resnet18_cls": (tvm.resnet18, tvm.ResNet18_Weights),
     "resnet50": (tvm.resnet50, tvm.ResNet50_Weights),
 }
+
+
+class ExportableAdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """`nn.AdaptiveAvgPool2d` that also exports to ONNX when the input size is not a multiple of
+    the output size (R2's CNN pools 7 x 7 features to 4 x 4): under export each output cell is
+    the mean of the same window PyTorch averages (rows floor(i H / n) to ceil((i + 1) H / n)),
+    written out for the traced size; otherwise the built-in operator runs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return super().forward(x)
+        out_h, out_w = (self.output_size, self.output_size) if isinstance(self.output_size, int) else self.output_size
+        with warnings.catch_warnings():  # the traced sizes are fixed by design: only the batch axis is dynamic
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+        out_h, out_w = out_h or h, out_w or w
+
+        def windows(size: int, n: int) -> list[tuple[int, int]]:
+            return [((i * size) // n, -((-(i + 1) * size) // n)) for i in range(n)]
+
+        rows = [torch.cat([x[..., r0:r1, c0:c1].mean(dim=(-2, -1), keepdim=True) for c0, c1 in windows(w, out_w)], dim=-1)
+                for r0, r1 in windows(h, out_h)]
+        return torch.cat(rows, dim=-2)
 
 
 class ChannelNormalize(nn.Module):
@@ -150,7 +174,7 @@ def cnn(
     for w in widths:
         layers += [nn.Conv2d(channels, w, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         channels = w
-    layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(channels * 16, dense), _activation(activation)]
+    layers += [ExportableAdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(channels * 16, dense), _activation(activation)]
     body = FeatureBody(ChannelNormalize(*_norm_args(in_channels, mean, std)), nn.Sequential(*layers), dense)
     return Recognizer(body, PooledHeads(dense, num_classes, 1))
 
@@ -223,15 +247,25 @@ def load_pretrained(model: Recognizer, model_name: str, path: str | Path) -> lis
     if path.is_dir():
         state = _weights_from_cache_dir(model_name, path)
     elif path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - pickle, zip and OS errors all mean "not a weights file"
+            raise ValueError(f"{path}: not a weights file (a state dict saved with torch.save): {type(exc).__name__}") from exc
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     else:
         raise FileNotFoundError(f"{path}: no such weights file or torch cache dir")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict of tensors (is it a {model_name} state dict?)")
     net = model.backbone.features
     own = net.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not fitting:
-        raise ValueError(f"{path}: no tensor in this file fits {model_name} (is it a {model_name} state dict?)")
+    # Only the ImageNet fc (replaced by our head) and a stem for other channel counts may be left out.
+    # (Older torchvision files carry no batch-norm step counters: those start at 0.)
+    unfilled = sorted(k for k in own if k not in fitting and k != "conv1.weight" and not k.endswith("num_batches_tracked"))
+    if not fitting or unfilled:
+        example = ", ".join(unfilled[:3]) or "all"
+        raise ValueError(f"{path}: does not fit {model_name}: {len(unfilled) or len(own)} of its {len(own)} tensors would stay "
+                         f"unfilled ({example}...); is it a {model_name} state dict?")
     net.load_state_dict(fitting, strict=False)
     return sorted(set(state) - set(fitting))
 

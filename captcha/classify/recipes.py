@@ -143,7 +143,21 @@ def build_recipe(name: str = "default", **overrides: Any) -> Recipe:
         setattr(recipe, key, value)
     if recipe.augment not in AUGMENTATIONS:
         raise ValueError(f"--augment takes one of {', '.join(AUGMENTATIONS)}, not {recipe.augment!r}")
+    _check_values(recipe)
     return recipe
+
+
+def _check_values(recipe: Recipe) -> None:
+    """Refuse settings no run can use, naming the flag, before any data is read."""
+    if recipe.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {recipe.batch_size}")
+    if len(recipe.input_size) != 2 or min(recipe.input_size) < 1:
+        raise ValueError(f"--input-size takes a height and a width of at least 1 pixel, got {recipe.input_size}")
+    for stage in recipe.stages:
+        if stage.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1 (stage {stage.name}: {stage.epochs})")
+        if not stage.lr > 0:
+            raise ValueError(f"--lr must be above 0 (stage {stage.name}: {stage.lr})")
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:

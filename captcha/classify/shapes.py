@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from captcha.imageio import write_image
+
 SHAPES = ("circle", "cross", "ring", "square", "triangle")
 
 
@@ -51,5 +53,5 @@ def write_shapes(root: str | Path, per_class: int, size: int = 36, seed: int = 0
             folder = root / split / kind
             folder.mkdir(parents=True, exist_ok=True)
             ext = ".jpg" if mixed_formats and i % 3 == 0 else ".png"
-            cv2.imwrite(str(folder / f"{i:04d}{ext}"), draw_shape(kind, rng, size, hard))
+            write_image(folder / f"{i:04d}{ext}", draw_shape(kind, rng, size, hard))
     return root

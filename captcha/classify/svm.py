@@ -18,7 +18,7 @@ import torch.nn as nn
 from captcha.checkpoint import load_model
 from captcha.classify.data import Split
 from captcha.classify.models import penultimate_layer
-from captcha.classify.train import META_MEAN, META_STD, load_run_data, predict
+from captcha.classify.train import META_MEAN, META_STD, load_run_data, predict, require_classification_run
 from captcha.train import normalize_batch, resolve_device
 
 
@@ -54,6 +54,7 @@ def svm_compare(
     from sklearn.svm import SVC
 
     model, meta = load_model(run, resolve_device(device))
+    require_classification_run(run, meta)
     data = load_run_data(meta, data_dir, cache_dir)
     splits = {k: v for k, v in data.splits.items() if len(v)}
     features = {k: extract_features(model, v) for k, v in splits.items()}

@@ -238,6 +238,11 @@ def train_classifier(
     return RunResult(out, history, final, seconds)
 
 
+def require_classification_run(run: str | Path, meta: dict[str, Any]) -> None:
+    if meta.get("task") != "classification":
+        raise ValueError(f"{run}: not a classification run (task {meta.get('task')!r}); `captcha evaluate` reads CAPTCHA runs")
+
+
 def load_run_data(meta: dict[str, Any], data_dir: str | Path, cache_dir: str | Path | None | bool = None) -> ClassData:
     """A data folder read the way the run was trained (size, channels, split, seed); classes must match."""
     recipe = recipe_from_dict(meta["config"]["recipe"])
@@ -245,7 +250,7 @@ def load_run_data(meta: dict[str, Any], data_dir: str | Path, cache_dir: str | P
     if data.class_names != list(meta["class_names"]):
         missing = sorted(set(meta["class_names"]) - set(data.class_names))
         extra = sorted(set(data.class_names) - set(meta["class_names"]))
-        raise DataError([(str(data_dir), f"classes differ from the run's: missing {missing}, unexpected {extra}")], "class mismatch")
+        raise DataError([(str(data_dir), f"classes differ from the run's: missing {missing}, unexpected {extra}")], "class mismatch", hint=None)
     return data
 
 
@@ -258,8 +263,7 @@ def evaluate_run(run: str | Path, data_dir: str | Path, split: str | None = None
     from captcha.plots import confusion_matrix_image
 
     model, meta = ckpt.load_model(run, resolve_device(device))
-    if meta.get("task") != "classification":
-        raise ValueError(f"{run}: not a classification run (task {meta.get('task')!r})")
+    require_classification_run(run, meta)
     data = load_run_data(meta, data_dir, cache_dir)
     split = split or eval_split(data)
     if split not in data.splits or not len(data.splits[split]):
