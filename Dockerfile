@@ -2,9 +2,14 @@
 #   docker build -t captchakit-serve .
 #   docker run --gpus all -p 50051:50051 -p 9090:9090 -v $PWD/models:/models:ro \
 #       -e CAPTCHA_TOKEN=change-me captchakit-serve /models/captcha.onnx --metrics-port 9090
-FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+# A plain base: the CUDA and cuDNN libraries come with the pip wheels (torch's nvidia-* packages,
+# which onnxruntime-gpu loads through onnxruntime.preload_dlls), so they always match the ONNX
+# Runtime that pip picks; `docker run --gpus all` (NVIDIA Container Toolkit) adds the driver.
+FROM ubuntu:24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

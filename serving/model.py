@@ -50,7 +50,22 @@ def choose_providers(device: str = "auto") -> list[str]:
     cuda = "CUDAExecutionProvider" in ort.get_available_providers() and device != "cpu" and _cuda_device_present()
     if device == "cuda" and not cuda:
         raise RuntimeError("--device cuda was asked for, but ONNX Runtime has no usable CUDA GPU here")
+    if cuda:
+        _preload_cuda_libraries(ort)
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """Load the CUDA and cuDNN libraries of the `nvidia-*` wheels that pip installs beside torch
+    (`onnxruntime.preload_dlls`, ONNX Runtime 1.21+), so the CUDA provider finds them whatever
+    CUDA the system has, or none (the Docker image relies on it), and without importing torch first."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # noqa: BLE001 - then ORT searches the system's library path as before
+        log.warning("onnxruntime.preload_dlls failed (%s); using the system's CUDA libraries", exc)
 
 
 def _announce(provider: str) -> None:

@@ -84,12 +84,16 @@ def test_training_with_unlabeled_images_adds_pseudo_labels(trained_run, easy_dat
 
 def test_an_interrupted_run_with_pseudo_labels_resumes_to_the_same_result(trained_run, easy_data, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "PSEUDO_REFRESHES", 2)  # 6 epochs: the pool is labeled at epochs 3 and 5
+    from captcha.generate import GeneratorConfig, generate_dataset
+
+    data = tmp_path / "data"  # a quarter of easy_data's size, the same kind of CAPTCHA: three short runs
+    generate_dataset(data, GeneratorConfig(alphabet="27bx", length=2, splits={"train": 128, "val": 32, "test": 32}, seed=9))
     unlabeled = tmp_path / "unlabeled"
     unlabeled.mkdir()
     for i, p in enumerate(sorted((easy_data / "test").glob("*.png"))[:40]):
         shutil.copy(p, unlabeled / f"{i}.png")
-    base = dict(data=str(easy_data), epochs=6, init=str(trained_run), unlabeled=str(unlabeled), cache_dir=str(tmp_path / "c"),
-                batch_size=128, tta=1, pseudo_threshold=0.5)
+    base = dict(data=str(data), epochs=6, init=str(trained_run), unlabeled=str(unlabeled), cache_dir=str(tmp_path / "c"),
+                batch_size=32, tta=1, pseudo_threshold=0.5)
     whole: list[str] = []
     fit(TrainConfig(out=str(tmp_path / "whole"), **base), log=whole.append)
 
