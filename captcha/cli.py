@@ -61,7 +61,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     from captcha.preprocess import get_preprocessor, list_preprocessors
 
     names = args.preprocess or list_preprocessors()
-    splits = load_splits(args.data)
+    splits = load_splits(args.data, require_train=False)
     samples = (splits["train"] + splits["val"] + splits["test"])[: args.count]
     if not samples:
         print(f"error: no labeled images in {args.data}", file=sys.stderr)

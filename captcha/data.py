@@ -139,16 +139,18 @@ def split_samples(samples: list[Sample], seed: int, val_fraction: float = 0.1, t
     }
 
 
-def load_splits(folder: str | Path, seed: int = 0, problems: list[tuple[str, str]] | None = None) -> dict[str, list[Sample]]:
+def load_splits(folder: str | Path, seed: int = 0, problems: list[tuple[str, str]] | None = None,
+                require_train: bool = True) -> dict[str, list[Sample]]:
     """Samples per split: from `train/ val/ test/` subfolders, or a seeded 80/10/10 split.
 
     With split folders, one `labels.csv` at the top may label them all, its file names written
     from the top (`train/0001.png,ab12`); a split folder may instead hold its own. Problems of
-    the labels files go to `problems` (or raise, without that list), as in `scan_folder`."""
+    the labels files go to `problems` (or raise, without that list), as in `scan_folder`.
+    `require_train=False` accepts split folders without `train/` (a test set to evaluate on)."""
     folder = Path(folder)
     if not has_split_folders(folder):
         return split_samples(scan_folder(folder, problems), seed)
-    if not (folder / "train").is_dir():
+    if require_train and not (folder / "train").is_dir():
         present = ", ".join(f"{s}/" for s in SPLITS if (folder / s).is_dir())
         raise DataError([(str(folder / "train"), f"no train/ folder beside {present}")], f"no training data in {folder}", hint=LAYOUT_HINT)
     found: list[tuple[str, str]] = []

@@ -73,7 +73,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
         folder = root / split
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such data folder")
-        samples = load_splits(root, problems=problems)[split]  # a labels.csv at the top labels the splits too
+        samples = load_splits(root, problems=problems, require_train=False)[split]  # a labels.csv at the top labels the splits too
     else:
         folder = root / split if split else root
         samples = scan_folder(folder, problems)

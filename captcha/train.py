@@ -628,9 +628,16 @@ def _config_dict(config: TrainConfig) -> dict:
     d = asdict(config)
     d["input_size"] = list(config.input_size)
     for name in _PATH_SETTINGS:
-        if d[name] and Path(d[name]).exists():
+        if _names_a_path(name, d[name]):
             d[name] = str(Path(d[name]).resolve())
     return d
+
+
+def _names_a_path(name: str, value: Any) -> bool:
+    """Whether a setting's value is a file or folder here (not `--init pretrained` / `none`)."""
+    if not value or (name == "init" and value in (pretrained.PRETRAINED, pretrained.SCRATCH)):
+        return False
+    return Path(value).exists()
 
 
 def _settings_resume_ignores(given: TrainConfig, saved: dict) -> list[str]:
@@ -643,7 +650,7 @@ def _settings_resume_ignores(given: TrainConfig, saved: dict) -> list[str]:
         if name in ("device", "out", "resume") or name not in saved or value == defaults[name]:
             continue
         before = saved[name]
-        if name in _PATH_SETTINGS and before and Path(before).exists():
+        if name in _PATH_SETTINGS and _names_a_path(name, before):
             before = str(Path(before).resolve())  # runs saved before paths were stored absolute
         if value != before:
             ignored.append(f"{name}={value!r} (the run's: {saved[name]!r})")

@@ -130,3 +130,8 @@ def test_evaluate_reads_a_top_level_labels_csv(trained_run, easy_data, tmp_path)
     _numbered_copy(easy_data, tmp_path)
     renamed = evaluate_folder(trained_run, tmp_path)
     assert renamed["samples"] == 100 and renamed["sequence_accuracy"] == evaluate_folder(trained_run, easy_data)["sequence_accuracy"]
+
+
+def test_evaluate_reads_a_folder_holding_only_a_test_split(trained_run, easy_data, tmp_path):
+    shutil.copytree(easy_data / "test", tmp_path / "only" / "test")
+    assert evaluate_folder(trained_run, tmp_path / "only")["samples"] == 100
