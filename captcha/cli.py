@@ -183,12 +183,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _image_paths(given: list[str]) -> list[Path]:
     """The paths as given, with each folder replaced by the images directly in it (sorted)."""
-    from captcha.constants import IMAGE_EXTENSIONS
+    from captcha.imageio import list_images
 
     paths: list[Path] = []
     for item in map(Path, given):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = list_images(item)
             if not found:
                 raise FileNotFoundError(f"{item}: no images in this folder")
             paths += found

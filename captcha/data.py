@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from captcha.alphabet import Alphabet
-from captcha.constants import IMAGE_EXTENSIONS
-from captcha.imageio import ImageDecodeError, decode_image
+from captcha.imageio import ImageDecodeError, decode_image, list_images
 from captcha.preprocess import get_preprocessor
 
 SPLITS = ("train", "val", "test")
@@ -101,8 +100,7 @@ def scan_folder(folder: str | Path, problems: list[tuple[str, str]] | None = Non
     found: list[tuple[str, str]] = []
     csv_labels = _read_labels_csv(folder / LABELS_CSV, found)
     if csv_labels is None:
-        images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        return [Sample(p, label_from_filename(p)) for p in images]
+        return [Sample(p, label_from_filename(p)) for p in list_images(folder)]
     samples = _listed_samples(folder, csv_labels, found)
     if problems is None:
         _raise_problems(found, f"bad {folder / LABELS_CSV}")

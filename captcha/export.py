@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 import captcha
-from captcha.constants import IMAGE_EXTENSIONS
+from captcha.imageio import list_images
 from captcha.decoding import label_smoothing_of
 
 INPUT_NAME = "images"
@@ -106,14 +106,14 @@ def _write_metadata(path: Path, meta: dict[str, Any]) -> None:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return list_images(folder)
 
 
 def _class_tree_files(folder: Path, count: int) -> list[Path]:
     """Up to `count` images of an ImageFolder split (`folder/<class>/*`), taken round-robin over the
     classes so every class is checked, not just the first one alphabetically."""
     per_class = [
-        sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        list_images(sub, recursive=True)
         for sub in sorted(folder.iterdir()) if sub.is_dir() and not sub.name.startswith(".")
     ]
     out: list[Path] = []

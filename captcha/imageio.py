@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from captcha.constants import MAX_IMAGE_PIXELS
+from captcha.constants import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -30,6 +30,14 @@ class ImageDecodeError(ValueError):
 
     def __reduce__(self):
         return type(self), (self.source, self.reason)
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The image files in `folder` (by extension, any case), sorted; with `recursive`, in its
+    sub-folders too. The one place that decides which files count as images."""
+    folder = Path(folder)
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:

@@ -26,8 +26,9 @@ from captcha import distributed as dist
 from captcha import pretrained
 from captcha.alphabet import Alphabet
 from captcha.augment import AUGMENT_LEVELS, augment_batch
-from captcha.constants import DEFAULT_MAX_PARAMS, IMAGE_EXTENSIONS, INPUT_SIZE, NORM_MEAN, NORM_STD
+from captcha.constants import DEFAULT_MAX_PARAMS, INPUT_SIZE, NORM_MEAN, NORM_STD
 from captcha.data import LAYOUT_HINT, DataError, Dataset, Sample, check_labels, load_images, load_splits, split_samples
+from captcha.imageio import list_images
 from captcha.decoding import decode
 from captcha.distill import distillation_loss, load_teacher
 from captcha.metrics import format_accuracies, per_char_accuracy, sequence_accuracy
@@ -406,7 +407,7 @@ def load_unlabeled(config: TrainConfig) -> torch.Tensor:
     folder = Path(config.unlabeled)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder (--unlabeled)")
-    samples = [Sample(p, "") for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    samples = [Sample(p, "") for p in list_images(folder, recursive=True)]
     if not samples:
         raise DataError([(str(folder), "no images found")], "no unlabeled images (--unlabeled)")
     encoded = load_images(samples, config.preprocess, config.input_size, config.cache_dir)

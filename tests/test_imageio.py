@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captcha.imageio import ImageDecodeError, decode_image, read_image
+from captcha.imageio import ImageDecodeError, decode_image, list_images, read_image
 
 
 def _rgb():
@@ -114,3 +114,13 @@ def test_decode_error_keeps_the_source_and_the_reason_apart():
         decode_image(b"junk", "colon: data/2345_bad.png")
     assert info.value.source == "colon: data/2345_bad.png" and info.value.reason.startswith("not a readable image")
     assert str(info.value) == f"colon: data/2345_bad.png: {info.value.reason}"
+
+
+def test_list_images_takes_image_extensions_in_any_case_sorted(tmp_path):
+    for name in ("b.PNG", "a.jpg", "c.txt", "labels.csv", "sub/d.gif", "sub/deeper/e.webp"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "folder.png").mkdir()  # a folder with an image's name is not an image
+    assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG"]
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, recursive=True)] == [
+        "a.jpg", "b.PNG", "sub/d.gif", "sub/deeper/e.webp"]

@@ -23,6 +23,7 @@ import torch
 
 from captcha.constants import IMAGE_EXTENSIONS
 from captcha.data import DataError, Sample, load_images
+from captcha.imageio import list_images
 
 NO_SKIP_HINT = "Fix or remove these files."  # the classification track reads every file or stops
 
@@ -167,7 +168,7 @@ def _scan_tree(folder: Path, class_names: list[str]) -> list[Sample]:
     for name in class_names:
         sub = folder / name
         if sub.is_dir():
-            files = sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            files = list_images(sub, recursive=True)
             samples += [Sample(p, name) for p in files]
     return samples
 
