@@ -7,6 +7,7 @@ a missing or wrong token gets UNAUTHENTICATED before any handler runs.
 from __future__ import annotations
 
 import hmac
+from typing import Callable, Optional
 
 import grpc
 
@@ -31,10 +32,12 @@ def _denied(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandl
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Require `authorization: Bearer <token>` on every method outside OPEN_PREFIXES."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, on_denied: Optional[Callable[[str, grpc.StatusCode], None]] = None):
+        """`on_denied(method name, UNAUTHENTICATED)` is told of each call refused (for the metrics)."""
         if not token:
             raise ValueError("empty auth token")
         self._expected = f"bearer {token}".encode()
+        self._on_denied = on_denied
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -47,4 +50,6 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         scheme, _, token = sent.partition(" ")
         if hmac.compare_digest(f"{scheme.lower()} {token.strip()}".encode(), self._expected):
             return handler
+        if self._on_denied:
+            self._on_denied(handler_call_details.method.rsplit("/", 1)[-1], grpc.StatusCode.UNAUTHENTICATED)
         return _denied(handler, "missing or invalid bearer token" if sent else "missing authorization metadata (Bearer token)")

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from serving._proto.captcha.v1 import recognizer_pb2, recognizer_pb2_grpc
 from serving._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from serving import request_decoding
 from serving.auth import TokenAuthInterceptor
 from serving.engine import Engine
 from serving.metrics import serve_metrics, server_metrics
@@ -99,17 +100,22 @@ class CaptchaServer:
         """Run a coroutine on the server's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
+    def _count_refused(self, method: str, code: grpc.StatusCode) -> None:
+        """Calls refused before a handler ran (bad token, unreadable bytes) count like the rest."""
+        self.metrics.inc("captcha_requests_total", method=method, code=code.name)
+
     async def _bind(self) -> int:
         config = self.config
         limit = int(config.max_message_mb * 1024 * 1024)
         self.server = grpc.aio.server(
-            interceptors=[TokenAuthInterceptor(config.token)] if config.token else [],
+            interceptors=[TokenAuthInterceptor(config.token, self._count_refused)] if config.token else [],
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit), ("grpc.so_reuseport", 0)],
         )
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        recognizer_pb2_grpc.add_RecognizerServicer_to_server(RecognizerServicer(self.engine), self.server)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.engine), self.server)
+        for add_servicer, servicer in ((health_pb2_grpc.add_HealthServicer_to_server, self.health),
+                                       (recognizer_pb2_grpc.add_RecognizerServicer_to_server, RecognizerServicer(self.engine)),
+                                       (grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.engine))):
+            request_decoding.register(add_servicer, servicer, self.server, self._count_refused)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{config.host}:{config.port}"

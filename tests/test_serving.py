@@ -136,10 +136,13 @@ def test_batch_reports_bad_items_and_goes_on(artifacts, client) -> None:
     assert results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "empty" in results[1].error.message
 
 
-def test_token_is_required(artifacts, channel) -> None:
+def test_token_is_required(artifacts, server, channel) -> None:
     image = artifacts["images"][0].read_bytes()
+    denied_before = server.metrics.value("captcha_requests_total", method="Recognize", code="UNAUTHENTICATED")
     for token in (None, "wrong"):
         assert _code(lambda: RecognizerClient(channel, token).recognize(image)) == grpc.StatusCode.UNAUTHENTICATED
+    # refused before any handler ran, and still counted
+    assert server.metrics.value("captcha_requests_total", method="Recognize", code="UNAUTHENTICATED") == denied_before + 2
 
 
 def test_kserve_model_infer(artifacts, channel) -> None:

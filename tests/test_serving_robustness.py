@@ -351,7 +351,8 @@ def test_process_pool_preprocessing_gives_the_same_answers(artifacts) -> None:
 
 
 def test_malformed_calls_get_invalid_argument_and_the_server_goes_on(artifacts, small_limit_server) -> None:
-    _srv, channel = small_limit_server
+    srv, channel = small_limit_server
+    checks_refused = srv.metrics.value("captcha_requests_total", method="Check", code="INVALID_ARGUMENT")
     client = RecognizerClient(channel, timeout=30)
     assert list(client.recognize_batch([])) == []  # an empty batch is an empty answer, not INTERNAL
     # a stream message that is not a RecognizeRequest ends the stream with a reason, not OK
@@ -359,6 +360,14 @@ def test_malformed_calls_get_invalid_argument_and_the_server_goes_on(artifacts, 
     with pytest.raises(grpc.RpcError) as err:
         list(raw_stream(iter([b"\n\xff"]), timeout=30))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unreadable stream message" in err.value.details()
+    # a unary call whose bytes are not a message is the caller's error, not UNKNOWN / a server traceback
+    for method in ("/captcha.v1.Recognizer/Recognize", "/inference.GRPCInferenceService/ModelInfer", "/grpc.health.v1.Health/Check"):
+        raw_call = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as err:
+            raw_call(b"\n\xff", timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, err.value.details())
+        assert f"{method.lstrip('/')}: unreadable request (DecodeError" in err.value.details()
+    assert srv.metrics.value("captcha_requests_total", method="Check", code="INVALID_ARGUMENT") == checks_refused + 1
     stub = kpb_grpc.GRPCInferenceServiceStub(channel)
     good = artifacts["images"][0].read_bytes()
     tensor = kpb.ModelInferRequest.InferInputTensor
