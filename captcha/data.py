@@ -226,7 +226,8 @@ def load_images(
     """Decode and preprocess every sample once, in parallel; cache the result on disk.
 
     The cache key covers every file's bytes, the preprocessor and the size, so a changed file
-    gives a new key and a stale cache is never reused.
+    gives a new key and a stale cache is never reused. Files that do not decode are cached too
+    (which ones, and why), so a `--skip-bad` rerun reports them again without decoding anything.
     """
     paths = [s.path for s in samples]
     payloads: list[bytes] = []
@@ -241,10 +242,11 @@ def load_images(
     if cache_dir is not False:
         key = _cache_key(payloads, paths, preprocessor, size)
         cache_file = Path(cache_dir or _default_cache_dir()) / f"{key}.npz"
-        if cache_file.exists() and not problems:
+        if problems:  # a file that cannot be read is never cached or looked up (its bytes are unknown)
+            cache_file = None
+        elif cache_file.exists():
             try:
-                with np.load(cache_file) as cached:
-                    return EncodedImages(cached["images"], samples, [])
+                return _cached_images(cache_file, samples, problems)
             except Exception:  # noqa: BLE001 - a broken cache file is rebuilt
                 pass
 
@@ -271,12 +273,27 @@ def load_images(
         kept_samples.append(sample)
     h, w = size
     images = np.stack(kept_images) if kept_images else np.zeros((0, prep.channels, h, w), np.uint8)
-    if cache_file is not None and not problems:
+    if cache_file is not None:
+        kept = np.array([not isinstance(r, str) for r in results], bool)
+        reasons = np.array([r if isinstance(r, str) else "" for r in results], str)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")  # one per process: ranks may race
-        np.savez(tmp, images=images)
+        np.savez(tmp, images=images, kept=kept, reasons=reasons)
         os.replace(tmp, cache_file)
     return EncodedImages(images, kept_samples, problems)
+
+
+def _cached_images(cache_file: Path, samples: list[Sample], problems: list[tuple[str, str]]) -> EncodedImages:
+    """A cache file's images; files that did not decode are left out and added to `problems`."""
+    with np.load(cache_file) as cached:
+        images = cached["images"]
+        if "kept" not in cached:  # written before failures were cached: only for sets without any
+            return EncodedImages(images, samples, problems)
+        kept, reasons = cached["kept"], cached["reasons"]
+    if len(kept) != len(samples) or int(kept.sum()) != len(images):
+        raise ValueError(f"{cache_file}: does not match its {len(samples)} samples")
+    problems += [(str(s.path), str(r)) for s, k, r in zip(samples, kept, reasons) if not k and r]
+    return EncodedImages(images, [s for s, k in zip(samples, kept) if k], problems)
 
 
 @dataclass

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+import captcha.data
 from captcha.alphabet import Alphabet, LabelError
 from captcha.data import DataError, load_images, load_splits, scan_folder
 from captcha.train import TrainConfig, prepare_data
@@ -87,3 +88,25 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny_data, tmp_path):
     assert len(list(cache.glob("*.npz"))) == 2
     assert not np.array_equal(first.images[0], changed.images[0])
     assert np.array_equal(first.images[1:], changed.images[1:])
+
+
+def test_a_set_with_undecodable_files_is_cached_with_its_problems(tiny_data, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "val", data)
+    (data / "2345_bad.png").write_bytes(b"not an image")
+    with open(data / "labels.csv", "a") as f:
+        f.write("2345_bad.png,2345\n")
+    samples = scan_folder(data)
+    cache = tmp_path / "cache"
+    first = load_images(samples, "denoise", (50, 130), cache)
+    assert [p for p, _ in first.problems] == [str(data / "2345_bad.png")] and len(first.samples) == len(samples) - 1
+    assert len(list(cache.glob("*.npz"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again although the set is cached")
+
+    monkeypatch.setattr(captcha.data, "decode_image", no_decoding)
+    again = load_images(samples, "denoise", (50, 130), cache)  # --skip-bad reruns: no decoding, same report
+    assert again.problems == first.problems
+    assert [s.path for s in again.samples] == [s.path for s in first.samples]
+    assert np.array_equal(first.images, again.images)
