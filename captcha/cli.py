@@ -17,6 +17,9 @@ from captcha import __version__
 
 # Modules that add verbs: each has register(subparsers) and sets func on its parsers.
 _EXTENSIONS: tuple[str, ...] = ("captcha.pretrain", "captcha.export", "serving.cli", "captcha.classify.cli")
+# Verbs whose module needs neither torch nor the model zoo: `captcha serve ...` builds only their
+# parser, so a server or client starts in a fraction of a second instead of importing torch.
+_LIGHT_VERBS = {"serve": "serving.cli", "client": "serving.cli"}
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -267,6 +270,19 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory layout (default on)")
 
 
+def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    parser = argparse.ArgumentParser(prog="captcha", description="Train, evaluate and serve compact CAPTCHA recognizers.")
+    parser.add_argument("--version", action="version", version=f"captchakit {__version__}")
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def build_light_parser(module: str) -> argparse.ArgumentParser:
+    """The top-level parser with only `module`'s verbs (see `_LIGHT_VERBS`)."""
+    parser, sub = _top_parser()
+    importlib.import_module(module).register(sub)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     from captcha.constants import DEFAULT_ALPHABET, DEFAULT_LENGTH, DEFAULT_MAX_PARAMS, DEFAULT_SPLITS, INPUT_HEIGHT, INPUT_WIDTH
     from captcha.generate import MIX, STYLES
@@ -274,9 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     from captcha.preprocess import list_preprocessors
     from captcha.tta import TTA_VIEWS
 
-    parser = argparse.ArgumentParser(prog="captcha", description="Train, evaluate and serve compact CAPTCHA recognizers.")
-    parser.add_argument("--version", action="version", version=f"captchakit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser, sub = _top_parser()
 
     p = sub.add_parser("generate", help="draw a synthetic labeled CAPTCHA set")
     p.add_argument("out", help="output folder (train/ val/ test/ subfolders)")
@@ -347,17 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    light = _LIGHT_VERBS.get(argv[0]) if argv else None
+    parser = build_light_parser(light) if light else build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from captcha.data import DataError
-    from captcha.train import ParameterBudgetError
-
     try:
         return int(args.func(args) or 0)
-    except (DataError, ParameterBudgetError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # DataError, ParameterBudgetError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

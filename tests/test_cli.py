@@ -98,3 +98,16 @@ def test_evaluate_on_a_classifier_run_points_to_classify_evaluate(tmp_path, caps
                      log=lambda s: None, cache_dir=False)
     assert main(["evaluate", str(tmp_path / "run"), "--data", str(shapes)]) == 2
     assert "captcha classify evaluate" in capsys.readouterr().err
+
+
+def test_serve_and_client_start_without_importing_torch():
+    # `captcha serve` / `captcha client` build only the serving verbs' parser: no torch, no model zoo
+    code = ("import sys\nfrom captcha.cli import main\n"
+            "for verb in ('serve', 'client'):\n"
+            "    try:\n        main([verb, '--help'])\n    except SystemExit:\n        pass\n"
+            "import serving.server\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'captcha.models') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage: captcha serve" in out.stdout and "usage: captcha client" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[]"
