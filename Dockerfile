@@ -34,6 +34,7 @@ USER captcha
 WORKDIR /home/captcha
 
 EXPOSE 50051 9090
+# Plaintext by default; a TLS server: -e CAPTCHA_HEALTH_TLS_CA=... [-e CAPTCHA_HEALTH_TLS_NAME=...]
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "serving.health_probe", "--address", "127.0.0.1:50051"]
 ENTRYPOINT ["captcha", "serve", "--host", "0.0.0.0", "--port", "50051"]

@@ -28,6 +28,7 @@ from serving._proto.inference import grpc_service_pb2 as kpb
 from serving._proto.inference import grpc_service_pb2_grpc as kpb_grpc
 from serving.client import RecognizerClient, open_channel
 from serving.health_probe import check as health_check
+from serving.health_probe import main as health_probe_main
 from serving.model import ServedModel
 from serving.server import CaptchaServer, ServeConfig
 
@@ -166,6 +167,22 @@ def test_tls_serves_trusted_clients(artifacts, tls_server) -> None:
             texts = [RecognizerClient(channel).recognize(p.read_bytes()).text for p in paths]
             assert texts == _expected(artifacts, paths)
     assert health_check(f"localhost:{srv.port}", tls_ca=str(cert), timeout=10)
+    # the certificate is checked against --tls-name when given: the name it carries passes, another fails
+    assert health_check(f"127.0.0.1:{srv.port}", tls_ca=str(cert), tls_name="localhost", timeout=10)
+    assert not health_check(f"127.0.0.1:{srv.port}", tls_ca=str(cert), tls_name="captcha.example.com", timeout=10)
+
+
+def test_the_health_probe_takes_its_tls_settings_from_the_environment(tls_server, monkeypatch, capsys) -> None:
+    srv, cert = tls_server  # the image's one HEALTHCHECK command, for a server started with --tls-cert
+    assert health_probe_main(["--address", f"127.0.0.1:{srv.port}", "--timeout", "10"]) == 1  # plaintext
+    monkeypatch.setenv("CAPTCHA_HEALTH_TLS_CA", str(cert))
+    monkeypatch.setenv("CAPTCHA_HEALTH_TLS_NAME", "localhost")
+    assert health_probe_main(["--address", f"127.0.0.1:{srv.port}", "--timeout", "10"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["NOT SERVING", "SERVING"]
+    monkeypatch.setenv("CAPTCHA_HEALTH_TLS_CA", str(cert) + ".missing")
+    with pytest.raises(SystemExit):
+        health_probe_main(["--address", f"127.0.0.1:{srv.port}"])
+    assert "no such file" in capsys.readouterr().err
 
 
 def test_tls_refuses_plaintext_and_untrusted_clients(artifacts, tls_server) -> None:
