@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
@@ -546,6 +547,8 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
             pseudo = (unlabeled[pseudo_saved[0].to(unlabeled.device)], pseudo_saved[1])
 
     if dist.is_main():
+        if resume_state is None:
+            _keep_previous_run(run_dir, log)
         run_dir.mkdir(parents=True, exist_ok=True)
         log(
             f"Training {config.model} ({n_params:,} parameters) on {len(train)} train / {len(val)} val images "
@@ -618,6 +621,24 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
         views = f", {config.tta} views: {val_best.sequence * 100:.2f}%" if config.tta > 1 else ""
         log(f"Saved the best model (epoch {best_epoch}, val whole-string {best_score * 100:.2f}%{views}) to {run_dir / ckpt.BEST}")
     return RunResult(run_dir, best_epoch, _stats_dict(val_best), _stats_dict(test_stats) if test_stats else None, n_params, train_seconds)
+
+
+def _keep_previous_run(run_dir: Path, log: Callable[[str], None]) -> None:
+    """A new run in a folder that holds one moves the old run to `<folder>.previous` (replacing an
+    older one there), so that forgetting `--resume`, or training again, loses nothing at once."""
+    if not ((run_dir / ckpt.LAST).exists() or (run_dir / ckpt.BEST).exists()):
+        return
+    here = Path.cwd().resolve()
+    if run_dir.resolve() in (here, *here.parents):  # --out . : there is nowhere to move it
+        log(f"{run_dir} holds a run; starting a new one over it (--resume continues the old one)")
+        return
+    previous = run_dir.with_name(run_dir.name + ".previous")
+    if previous.is_dir():
+        shutil.rmtree(previous)
+    elif previous.exists():
+        previous.unlink()
+    run_dir.rename(previous)
+    log(f"{run_dir} held a run: moved to {previous} (--resume continues a run instead of starting over)")
 
 
 # Settings that name files or folders: saved as absolute paths, so that `--resume` works from

@@ -270,3 +270,26 @@ def test_resume_says_which_given_settings_it_ignores(easy_data, tmp_path, monkey
     fit(TrainConfig(out=str(tmp_path / "run"), resume=True, **{**base, "epochs": 4, "lr": 0.5}), log=messages.append)
     ignored = [m for m in messages if m.startswith("--resume continues")]
     assert len(ignored) == 1 and "epochs=4 (the run's: 1)" in ignored[0] and "lr=0.5" in ignored[0] and "data=" not in ignored[0]
+
+
+def test_a_new_run_over_an_old_one_keeps_the_old_one(easy_data, tmp_path, monkeypatch):
+    base = dict(data=str(easy_data), epochs=1, cache_dir=str(tmp_path / "cache"), batch_size=128, init="none", tta=1)
+    run = tmp_path / "run"
+    fit(TrainConfig(out=str(run), seed=1, **base), **QUIET)
+    (run / "notes.txt").write_text("mine")
+    first = load_checkpoint(run / "best.pt")["model_state"]
+    messages: list[str] = []
+    fit(TrainConfig(out=str(run), seed=2, **base), log=messages.append)  # no --resume: a new run
+    previous = tmp_path / "run.previous"
+    assert any("moved to" in m and str(previous) in m for m in messages)
+    assert (previous / "notes.txt").read_text() == "mine" and not (run / "notes.txt").exists()
+    kept = load_checkpoint(previous / "best.pt")["model_state"]
+    assert all(torch.equal(first[k], kept[k]) for k in first)
+    assert (run / "best.pt").exists() and (run / "last.pt").exists()
+    fit(TrainConfig(out=str(run), seed=3, **base), **QUIET)  # only the one before is kept
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("run")) == ["run", "run.previous"]
+    assert not (previous / "notes.txt").exists()
+    monkeypatch.chdir(run)  # --out . : nowhere to move it, so it says it starts over
+    messages.clear()
+    fit(TrainConfig(out=".", seed=4, **base), log=messages.append)
+    assert any("starting a new one over it" in m for m in messages)
