@@ -29,9 +29,9 @@ from captcha.alphabet import Alphabet
 from captcha.augment import AUGMENT_LEVELS, augment_batch
 from captcha.constants import DEFAULT_MAX_PARAMS, INPUT_SIZE, NORM_MEAN, NORM_STD
 from captcha.data import LAYOUT_HINT, DataError, Dataset, Sample, check_labels, load_images, load_splits, split_samples
-from captcha.imageio import list_images
 from captcha.decoding import decode
 from captcha.distill import distillation_loss, load_teacher
+from captcha.imageio import list_images
 from captcha.metrics import format_accuracies, per_char_accuracy, sequence_accuracy
 from captcha.models import count_parameters, create_model
 from captcha.preprocess import get_preprocessor
