@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,25 @@ def check_labels(samples: list[Sample], alphabet: Alphabet, length: int | None) 
         if unknown:
             problems.append((str(s.path), f"label {s.label!r} has symbols outside the alphabet: {unknown!r}"))
     return problems
+
+
+# Labels of other lengths than the most common one, as a share of the training labels, from
+# which they are taken for a variable-length set rather than for a few mislabeled files.
+VARIABLE_LENGTH_SHARE = 0.05
+
+
+def variable_length_hint(labels: list[str], length: int, head: str) -> str | None:
+    """What to do when a set read by a one-length `head` (`length` characters) has many labels of other
+    lengths: a variable-length set wants `--head ctc`, and `--skip-bad` would throw those away.
+    None when the other lengths are only a few stray labels."""
+    counts = Counter(len(t) for t in labels)
+    others = len(labels) - counts.get(length, 0)
+    if others == 0 or others < VARIABLE_LENGTH_SHARE * len(labels):
+        return None
+    spread = ", ".join(f"{n} with {k}" for k, n in sorted(counts.items()))
+    return (f"The training labels vary in length ({spread} characters), but the {head} head "
+            f"reads {length} characters. For variable-length CAPTCHAs train with --head ctc; to keep only the "
+            f"{length}-character labels, pass --skip-bad (or --length N for another length).")
 
 
 def _default_cache_dir() -> Path:

@@ -28,7 +28,8 @@ from captcha import pretrained
 from captcha.alphabet import Alphabet
 from captcha.augment import AUGMENT_LEVELS, augment_batch
 from captcha.constants import DEFAULT_MAX_PARAMS, INPUT_SIZE, NORM_MEAN, NORM_STD
-from captcha.data import LAYOUT_HINT, DataError, Dataset, Sample, check_labels, load_images, load_splits, split_samples
+from captcha.data import (LAYOUT_HINT, SKIP_BAD_HINT, DataError, Dataset, Sample, check_labels, load_images, load_splits, split_samples,
+                          variable_length_hint)
 from captcha.decoding import decode
 from captcha.distill import distillation_loss, load_teacher
 from captcha.imageio import list_images
@@ -389,13 +390,16 @@ def prepare_data(config: TrainConfig, data_dir: Path) -> PreparedData:
         images = enc.images if len(keep) == len(enc.samples) else enc.images[keep]
         splits[split] = Dataset(images, [enc.samples[i].label for i in keep], [enc.samples[i].path for i in keep])
     if problems:
-        error = DataError(sorted(problems), f"bad data in {data_dir}")
+        lengths_hint = variable_length_hint(train_labels, length, config.head) if length is not None and not config.length else None
+        error = DataError(sorted(problems), f"bad data in {data_dir}", hint=lengths_hint or SKIP_BAD_HINT)
         if not config.skip_bad:
             raise error
         if dist.is_main():
             print("WARNING: " + str(error).splitlines()[0] + " (left out, --skip-bad):")
             for path, reason in sorted(problems)[:50]:
                 print(f"  {path}: {reason}")
+            if lengths_hint:
+                print("WARNING: " + lengths_hint.split(". For ")[0] + f": every label of another length is left out; --head ctc reads them all.")
     for split in ("train", "val"):
         if not len(splits[split]):
             raise DataError(sorted(problems), f"no usable {split} images left in {data_dir} after leaving out the bad files (--skip-bad)", hint=None)

@@ -110,3 +110,26 @@ def test_a_set_with_undecodable_files_is_cached_with_its_problems(tiny_data, tmp
     assert again.problems == first.problems
     assert [s.path for s in again.samples] == [s.path for s in first.samples]
     assert np.array_equal(first.images, again.images)
+
+
+def test_a_variable_length_set_points_to_the_ctc_head(tmp_path, capsys):
+    data = tmp_path / "varlen"
+    for split, count in (("train", 40), ("val", 10)):
+        (data / split).mkdir(parents=True)
+        for i in range(count):
+            _write(data / split / f"{'ab12c'[: 3 + i % 3]}_{i}.png", i)  # lengths 3, 4, 5 in turn
+    config = TrainConfig(data=str(data), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError) as info:
+        prepare_data(config, data)
+    message = str(info.value)
+    assert "vary in length (14 with 3, 13 with 4, 13 with 5 characters)" in message
+    assert "--head ctc" in message and "reads 3 characters" in message
+
+    config.skip_bad = True  # keeps only the most common length, and says what that costs
+    prepared = prepare_data(config, data)
+    assert prepared.length == 3 and len(prepared.splits["train"]) == 14
+    assert "--head ctc reads them all" in capsys.readouterr().out
+
+    config.skip_bad, config.head = False, "ctc"  # the CTC head takes them all
+    prepared = prepare_data(config, data)
+    assert prepared.length is None and len(prepared.splits["train"]) == 40
