@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy of a trained run on a labeled folder")
     p.add_argument("run", help="run directory or checkpoint")
     p.add_argument("--data", required=True, help="labeled folder (its test/ split when it has one)")
-    p.add_argument("--split", choices=("train", "val", "test"), help="which subfolder to evaluate")
+    p.add_argument("--split", choices=("train", "val", "test"), help="which split (default test): a subfolder, or, for the flat folder the run trained on, that part of its seeded 80/10/10 split")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--skip-bad", action="store_true", help="leave bad files out instead of stopping")
     p.add_argument("--json", action="store_true", help="print one JSON object (with every misread image)")

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from captcha.alphabet import Alphabet
 from captcha.checkpoint import load_model
-from captcha.data import LAYOUT_HINT, DataError, check_labels, has_split_folders, load_images, load_splits, scan_folder
+from captcha.data import LAYOUT_HINT, SPLITS, DataError, check_labels, has_split_folders, load_images, load_splits, scan_folder
 from captcha.decoding import Prediction, decode, label_smoothing_of
 from captcha.imageio import decode_image
 from captcha.metrics import confused_pairs, per_char_accuracy, sequence_accuracy
@@ -56,6 +56,12 @@ class Predictor:
         return self.decode(self.logits(images))
 
 
+def _trained_on(meta: dict[str, Any], folder: Path) -> bool:
+    """Whether the run was trained on `folder` itself (a flat folder it split with its seed)."""
+    data = (meta.get("config") or {}).get("data")
+    return bool(data) and Path(data).resolve() == folder.resolve()
+
+
 def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None, device: str = "auto", skip_bad: bool = False,
                     tta: int | None = None) -> dict[str, Any]:
     """Accuracy of a trained run on a labeled folder (its `test/` split when it has one); `tta`
@@ -74,6 +80,13 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such data folder")
         samples = load_splits(root, problems=problems, require_train=False)[split]  # a labels.csv at the top labels the splits too
+    elif _trained_on(meta, root):  # the run's own flat folder: score its held-out part, not what it trained on
+        split = split or "test"
+        if split not in SPLITS:
+            raise ValueError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+        seed = (meta.get("config") or {}).get("seed", 0)
+        samples = load_splits(root, seed=seed, problems=problems)[split]
+        folder = f"{root} ({split} part of the run's seeded 80/10/10 split)"
     else:
         folder = root / split if split else root
         samples = scan_folder(folder, problems)

@@ -9,7 +9,7 @@ import pytest
 from captcha.cli import main
 from captcha.data import DataError, load_splits, scan_folder
 from captcha.inference import evaluate_folder
-from captcha.train import TrainConfig, prepare_data
+from captcha.train import TrainConfig, fit, prepare_data
 
 
 def _write(path, seed=0):
@@ -135,3 +135,22 @@ def test_evaluate_reads_a_top_level_labels_csv(trained_run, easy_data, tmp_path)
 def test_evaluate_reads_a_folder_holding_only_a_test_split(trained_run, easy_data, tmp_path):
     shutil.copytree(easy_data / "test", tmp_path / "only" / "test")
     assert evaluate_folder(trained_run, tmp_path / "only")["samples"] == 100
+
+
+def test_evaluate_on_the_flat_folder_a_run_split_scores_its_held_out_part(easy_data, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for split in ("train", "val"):  # one folder without split subfolders: train splits it 80/10/10 with its seed
+        for image in sorted((easy_data / split).glob("*.png"))[:150]:
+            shutil.copy(image, flat / image.name)
+    run = tmp_path / "run"
+    result = fit(TrainConfig(data=str(flat), out=str(run), epochs=1, cache_dir=str(tmp_path / "cache"), tta=1), log=lambda s: None)
+    total = len(list(flat.glob("*.png")))
+    report = evaluate_folder(run, flat)
+    assert report["samples"] == result.test["samples"] == round(total * 0.1)
+    assert report["sequence_accuracy"] == pytest.approx(result.test["sequence_accuracy"])
+    assert "test part of the run's seeded" in report["data"]
+    assert evaluate_folder(run, flat, split="train")["samples"] == total - 2 * round(total * 0.1)
+    other = tmp_path / "other"  # any other flat folder is read whole
+    shutil.copytree(flat, other)
+    assert evaluate_folder(run, other)["samples"] == total
