@@ -7,15 +7,23 @@ from collections import Counter
 import numpy as np
 
 
-def per_char_accuracy(predicted: list[str], target: list[str], length: int) -> list[float]:
-    """Fraction right at each position (a missing character counts as wrong)."""
-    if not target:
-        return [0.0] * length
-    hits = np.zeros(length)
+def per_char_counts(predicted: list[str], target: list[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: how many labels have a character there, and how many of those were read
+    right (a missing character counts as wrong). Positions past a shorter label are not counted."""
+    hits, totals = np.zeros(length), np.zeros(length)
     for p, t in zip(predicted, target):
         for i in range(min(length, len(t))):
+            totals[i] += 1
             hits[i] += i < len(p) and p[i] == t[i]
-    return [float(h / len(target)) for h in hits]
+    return hits, totals
+
+
+def per_char_accuracy(predicted: list[str], target: list[str], length: int) -> list[float]:
+    """Fraction right at each position, among the labels that have a character there (all of
+    them for fixed-length labels; for variable-length ones the later positions count fewer; 0 at a
+    position no label reaches)."""
+    hits, totals = per_char_counts(predicted, target, length)
+    return [float(h / n) if n else 0.0 for h, n in zip(hits, totals)]
 
 
 def sequence_accuracy(predicted: list[str], target: list[str]) -> float:

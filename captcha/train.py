@@ -33,7 +33,7 @@ from captcha.data import (LAYOUT_HINT, SKIP_BAD_HINT, DataError, Dataset, Sample
 from captcha.decoding import decode
 from captcha.distill import distillation_loss, load_teacher
 from captcha.imageio import list_images
-from captcha.metrics import format_accuracies, per_char_accuracy, sequence_accuracy
+from captcha.metrics import format_accuracies, per_char_accuracy, per_char_counts, sequence_accuracy
 from captcha.models import count_parameters, create_model
 from captcha.preprocess import get_preprocessor
 from captcha.progress import ProgressBar
@@ -226,11 +226,12 @@ def train_one_epoch(
 
 def _stats(total_loss: float, seen: int, texts: list[str], truth: list[str], width: int) -> EpochStats:
     """Epoch statistics, summed over every process when training is distributed."""
-    per_char = per_char_accuracy(texts, truth, width)
+    hits, totals = per_char_counts(texts, truth, width)
     seq = sequence_accuracy(texts, truth)
-    sums = dist.all_reduce_sum([total_loss, float(seen), seq * seen] + [a * seen for a in per_char])
+    sums = dist.all_reduce_sum([total_loss, float(seen), seq * seen] + [float(h) for h in hits] + [float(n) for n in totals])
     total_loss, seen_f, seq_hits = sums[0], sums[1], sums[2]
-    return EpochStats(total_loss / max(seen_f, 1), [h / max(seen_f, 1) for h in sums[3:]], seq_hits / max(seen_f, 1), int(seen_f), texts)
+    per_char = [h / n if n else 0.0 for h, n in zip(sums[3 : 3 + width], sums[3 + width :])]
+    return EpochStats(total_loss / max(seen_f, 1), per_char, seq_hits / max(seen_f, 1), int(seen_f), texts)
 
 
 # Images a forward pass carries when reading without gradients, test-time views counted (five

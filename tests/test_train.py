@@ -163,6 +163,15 @@ def test_ctc_head_trains_on_variable_length_labels(tmp_path):
     assert all(isinstance(p.text, str) for p in predictions)
 
 
+def test_per_character_accuracy_counts_only_the_labels_that_reach_a_position():
+    from captcha.metrics import per_char_accuracy
+
+    labels = ["ab", "abc", "abcd"]
+    assert per_char_accuracy(labels, labels, 4) == [1.0, 1.0, 1.0, 1.0]  # every image read right: 100% everywhere
+    assert per_char_accuracy(["ab", "abx", "ab"], labels, 4) == [1.0, 1.0, 0.0, 0.0]  # a dropped character is wrong
+    assert per_char_accuracy(["xb", "ab"], ["ab", "ab"], 4) == [0.5, 1.0, 0.0, 0.0]  # no label reaches 3, 4
+
+
 def test_label_smoothing_spreads_the_target_and_bad_values_are_refused():
     logits = torch.tensor([[[4.0, 0.0, 0.0], [0.0, 3.0, 0.0]]])
     targets = torch.tensor([[0, 1]])
