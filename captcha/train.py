@@ -35,6 +35,7 @@ from captcha.distill import distillation_loss, load_teacher
 from captcha.imageio import list_images
 from captcha.metrics import format_accuracies, per_char_accuracy, per_char_counts, sequence_accuracy
 from captcha.models import count_parameters, create_model
+from captcha.models._heads import AttentionHeads, CTCHead
 from captcha.preprocess import get_preprocessor
 from captcha.progress import ProgressBar
 from captcha.tta import views_for, views_read
@@ -426,6 +427,46 @@ def load_unlabeled(config: TrainConfig) -> torch.Tensor:
     return torch.from_numpy(encoded.images)
 
 
+def feature_columns(model: nn.Module, channels: int, size: tuple[int, int]) -> int:
+    """How many feature columns a recognizer's backbone gives its head for images of `size`."""
+    was_training = model.training
+    model.eval()  # leaves the batch-norm statistics alone
+    try:
+        with torch.no_grad():
+            return model.backbone(torch.zeros(1, channels, *size)).shape[-1]
+    finally:
+        model.train(was_training)
+
+
+def ctc_columns_needed(label: str) -> int:
+    """Output columns a CTC head needs to spell `label`: one per character, plus a blank between
+    each pair of equal neighbours."""
+    return len(label) + sum(a == b for a, b in zip(label, label[1:]))
+
+
+def _check_input_width(model: nn.Module, config: TrainConfig, channels: int, labels: list[str], log: Callable[[str], None]) -> None:
+    """Refuse an input too wide for the attention head's positions; warn about labels a CTC head
+    has too few columns to spell (their loss is zero, so they are never learned)."""
+    if not isinstance(getattr(model, "head", None), (AttentionHeads, CTCHead)):
+        return
+    height, width = config.input_size
+    columns = feature_columns(model, channels, (height, width))
+    if isinstance(model.head, AttentionHeads):
+        most = model.head.position.shape[2]
+        if columns > most:
+            fits = width * most // columns
+            while fits > 1 and feature_columns(model, channels, (height, fits)) > most:
+                fits -= 1
+            raise ValueError(f"--input-size {height} {width}: {config.model} gives {columns} feature columns at that width, but the "
+                             f"attention head reads at most {most}; use a width of at most {fits}, or --head ctc")
+        return
+    short = [t for t in labels if ctc_columns_needed(t) > columns]
+    if short:
+        log(f"WARNING: {len(short)} of {len(labels)} training labels (e.g. {short[0]!r}) need more than the {columns} output columns "
+            f"the CTC head has at --input-size {height} {width} (one per character, plus one between equal neighbours): "
+            f"they cannot be learned; a wider --input-size gives more columns")
+
+
 def _init_weights(model: nn.Module, config: TrainConfig, alphabet: str) -> str:
     """Start from the shipped pre-trained weights, a given checkpoint, or nothing; says which."""
     source = config.init
@@ -488,6 +529,7 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
         raise ParameterBudgetError(
             f"model {config.model} has {n_params:,} parameters, over the budget of {config.max_params:,} (--max-params)"
         )
+    _check_input_width(model, config, channels, train.labels, log if dist.is_main() else (lambda s: None))
     if resume_state is None:
         message = _init_weights(model, config, data.alphabet.symbols)
         if dist.is_main():

@@ -163,6 +163,20 @@ def test_ctc_head_trains_on_variable_length_labels(tmp_path):
     assert all(isinstance(p.text, str) for p in predictions)
 
 
+def test_inputs_too_wide_for_the_attention_head_are_refused_and_short_ctc_outputs_named(tiny_data, tmp_path):
+    from captcha.train import ctc_columns_needed
+
+    config = TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), epochs=1, input_size=(50, 260), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="attention head reads at most 64; use a width of at most 256, or --head ctc"):
+        fit(config, **QUIET)
+    assert not (tmp_path / "r" / "last.pt").exists()
+    lines = []
+    config = TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), epochs=1, head="ctc", input_size=(50, 12), cache_dir=str(tmp_path / "c"))
+    fit(config, log=lines.append)
+    assert any("of 120 training labels" in line and "need more than the 3 output columns" in line for line in lines)
+    assert [ctc_columns_needed(t) for t in ("ab", "aab", "aaa", "abab")] == [2, 4, 5, 4]
+
+
 def test_per_character_accuracy_counts_only_the_labels_that_reach_a_position():
     from captcha.metrics import per_char_accuracy
 
