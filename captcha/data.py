@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,19 +70,31 @@ def _read_labels_csv(csv_path: Path, problems: list[tuple[str, str]]) -> dict[st
         return None
     labels: dict[str, str] = {}
     conflicting: set[str] = set()
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        for row_number, row in enumerate(csv.reader(f), start=1):
-            if not row or not any(c.strip() for c in row) or (row_number == 1 and [c.strip().lower() for c in row[:2]] == ["filename", "label"]):
-                continue
-            if len(row) < 2:
-                problems.append((f"{csv_path}:{row_number}", "expected 'filename,label'"))
-                continue
-            name, label = row[0].strip(), row[1].strip()
-            if name in labels and labels[name] != label:
-                problems.append((str(csv_path.parent / name), f"listed twice in {csv_path.name} with different labels ({labels[name]!r} and {label!r})"))
-                conflicting.add(name)
-            labels.setdefault(name, label)
+    for row_number, row in enumerate(csv.reader(_labels_text(csv_path).splitlines()), start=1):
+        if not row or not any(c.strip() for c in row) or (row_number == 1 and [c.strip().lower() for c in row[:2]] == ["filename", "label"]):
+            continue
+        if len(row) < 2:
+            problems.append((f"{csv_path}:{row_number}", "expected 'filename,label'"))
+            continue
+        name, label = row[0].strip(), row[1].strip()
+        if name in labels and labels[name] != label:
+            problems.append((str(csv_path.parent / name), f"listed twice in {csv_path.name} with different labels ({labels[name]!r} and {label!r})"))
+            conflicting.add(name)
+        labels.setdefault(name, label)
     return {name: label for name, label in labels.items() if name not in conflicting}
+
+
+def _labels_text(csv_path: Path) -> str:
+    """A labels file's text: UTF-8 (with or without a byte-order mark) or UTF-16 with its mark, as
+    spreadsheets save them; any other encoding is refused by name rather than guessed."""
+    data = csv_path.read_bytes()
+    try:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError([(str(csv_path), f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 "
+                          "(a spreadsheet's \"CSV UTF-8\")")], f"unreadable {csv_path.name}", hint=None) from None
 
 
 def _raise_problems(problems: list[tuple[str, str]], header: str) -> None:
@@ -111,13 +124,19 @@ def scan_folder(folder: str | Path, problems: list[tuple[str, str]] | None = Non
 
 
 def _listed_samples(folder: Path, csv_labels: dict[str, str], problems: list[tuple[str, str]]) -> list[Sample]:
-    """The listed files that exist, each with its label; the missing ones go to `problems`."""
+    """The listed files that exist, each with its label; the missing ones go to `problems`. Images
+    in `folder` that the labels file does not list are left out, and a note on stderr says so."""
     samples = []
     for name, label in csv_labels.items():
         if (folder / name).is_file():
             samples.append(Sample(folder / name, label))
         else:
             problems.append((str(folder / name), f"listed in {LABELS_CSV} but missing"))
+    listed = {s.path.resolve() for s in samples}
+    unlisted = [p.name for p in list_images(folder) if p.resolve() not in listed]
+    if unlisted:
+        shown = ", ".join(unlisted[:3]) + (", ..." if len(unlisted) > 3 else "")
+        print(f"note: {len(unlisted)} image(s) in {folder} not listed in its {LABELS_CSV} are left out ({shown})", file=sys.stderr)
     return samples
 
 

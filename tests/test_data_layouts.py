@@ -154,3 +154,23 @@ def test_evaluate_on_the_flat_folder_a_run_split_scores_its_held_out_part(easy_d
     other = tmp_path / "other"  # any other flat folder is read whole
     shutil.copytree(flat, other)
     assert evaluate_folder(run, other)["samples"] == total
+
+
+def test_labels_files_in_utf16_are_read_and_other_encodings_named(tmp_path):
+    for i, label in enumerate(("ab12", "cd34")):
+        _write(tmp_path / "d" / f"{i}.png", i)
+    text = "filename,label\n0.png,ab12\n1.png,cd34\n"
+    (tmp_path / "d" / "labels.csv").write_bytes(text.encode("utf-16"))  # a spreadsheet's "Unicode text"
+    assert [s.label for s in scan_folder(tmp_path / "d")] == ["ab12", "cd34"]
+    (tmp_path / "d" / "labels.csv").write_bytes((text + "2.png,café\n").encode("cp1252"))
+    with pytest.raises(DataError, match=r"labels.csv: not UTF-8 text .* save it as UTF-8"):
+        scan_folder(tmp_path / "d")
+
+
+def test_images_a_labels_csv_does_not_list_are_named_as_left_out(tmp_path, capsys):
+    for i in range(5):
+        _write(tmp_path / f"{i}.png", i)
+    (tmp_path / "labels.csv").write_text("filename,label\n0.png,ab12\n1.png,cd34\n")
+    assert len(scan_folder(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "3 image(s) in" in err and "not listed in its labels.csv are left out (2.png, 3.png, 4.png)" in err
