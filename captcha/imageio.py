@@ -40,6 +40,12 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def header_pixels(data: bytes) -> int | None:
+    """Pixels an encoded image will decode to, from its header alone (None: not known)."""
+    size = _header_size(data)
+    return None if size is None else size[0] * size[1]
+
+
 def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) read from the header alone, or None if the format is not recognised."""
     if data.startswith(_PNG_SIGNATURE) and len(data) >= 24:
@@ -102,7 +108,9 @@ def decode_image(data: bytes, source: str = "<bytes>") -> np.ndarray:
     if not data:
         raise ImageDecodeError(source, "empty image data")
     size = _header_size(data)
-    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+    if size is None:  # no size to check before decoding (OpenCV alone reads e.g. Radiance HDR): not decoded at all
+        raise ImageDecodeError(source, "not a readable image (unknown format: its size cannot be read from its header)")
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
         shape = f"{size[0]}x{size[1]}" if size[1] > 1 else f"{size[0]:,}"
         raise ImageDecodeError(source, f"image of {shape} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")
     buffer = np.frombuffer(data, dtype=np.uint8)

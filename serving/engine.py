@@ -20,12 +20,20 @@ import grpc
 import numpy as np
 
 from captcha.decoding import Prediction
-from captcha.imageio import ImageDecodeError
+from captcha.imageio import ImageDecodeError, header_pixels
 from serving.batcher import BatcherClosedError, DynamicBatcher, QueueFullError
 from serving.metrics import Metrics
 from serving.model import ServedModel
 
-INLINE_MAX_BYTES = 64 * 1024  # a single encoded image up to this size is decoded on the event loop
+# A single image is decoded on the event loop only when it is small both encoded and decoded (a
+# 35 KB PNG can hold 36M pixels of one colour: decoded inline it would stall every other call).
+INLINE_MAX_BYTES = 64 * 1024
+INLINE_MAX_PIXELS = 250_000
+
+
+def decodes_inline(data: bytes) -> bool:
+    """Whether one image is cheap enough to decode on the event loop (small encoded and decoded)."""
+    return len(data) <= INLINE_MAX_BYTES and (header_pixels(data) or INLINE_MAX_PIXELS + 1) <= INLINE_MAX_PIXELS
 
 
 class RpcAbort(Exception):
@@ -89,7 +97,7 @@ class Engine:
 
     async def stage(self, entry: Entry, data: bytes, source: str) -> asyncio.Future:
         """Decode + preprocess one image and queue it; returns the batcher's future. Raises RpcAbort."""
-        if len(data) <= INLINE_MAX_BYTES:
+        if decodes_inline(data):
             try:
                 tensor = entry.model.preprocess(data, source)
             except ImageDecodeError as exc:

@@ -72,6 +72,26 @@ def test_decompression_bomb_is_refused_before_decoding():
         decode_image(data)
 
 
+def test_formats_whose_size_the_header_does_not_give_are_not_decoded(monkeypatch):
+    # OpenCV alone reads Radiance HDR: a 2.6 MB .hdr of one colour decodes to 42M float pixels, so
+    # decoding it to check its size afterwards would be the bomb; it is refused unread.
+    hdr = cv2.imencode(".hdr", np.full((40, 60, 3), 0.5, np.float32))[1].tobytes()
+    decoded = []
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: decoded.append(a))
+    with pytest.raises(ImageDecodeError, match="unknown format: its size cannot be read from its header"):
+        decode_image(hdr, "req")
+    assert decoded == []
+
+
+def test_only_images_small_encoded_and_decoded_are_read_on_the_servers_event_loop():
+    from serving.engine import decodes_inline
+
+    small = cv2.imencode(".png", _rgb())[1].tobytes()
+    flat = cv2.imencode(".png", np.zeros((3000, 3000), np.uint8))[1].tobytes()  # 9M pixels in a few KB
+    assert decodes_inline(small) and len(flat) < 64 * 1024 and not decodes_inline(flat)
+    assert not decodes_inline(b"not an image")
+
+
 def test_read_image_names_the_file(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG garbage")
