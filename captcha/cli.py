@@ -164,12 +164,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from captcha.imageio import ImageDecodeError
+    from captcha.imageio import ImageDecodeError, expand_image_paths
     from captcha.inference import Predictor
 
     predictor = Predictor.from_run(args.run, args.device)
     status = 0
-    for path in _image_paths(args.images):
+    for path in expand_image_paths(args.images):
         try:
             prediction = predictor.predict_paths([path])[0]
         except (ImageDecodeError, OSError) as exc:
@@ -182,22 +182,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             chars = " ".join(f"{c:.2f}" for c in prediction.char_confidences)
             print(f"{path}\t{prediction.text}\t{prediction.confidence:.4f}\t[{chars}]")
     return status
-
-
-def _image_paths(given: list[str]) -> list[Path]:
-    """The paths as given, with each folder replaced by the images directly in it (sorted)."""
-    from captcha.imageio import list_images
-
-    paths: list[Path] = []
-    for item in map(Path, given):
-        if item.is_dir():
-            found = list_images(item)
-            if not found:
-                raise FileNotFoundError(f"{item}: no images in this folder")
-            paths += found
-        else:
-            paths.append(item)
-    return paths
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:

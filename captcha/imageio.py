@@ -46,6 +46,23 @@ def header_pixels(data: bytes) -> int | None:
     return None if size is None else size[0] * size[1]
 
 
+def expand_image_paths(given: list[str | Path]) -> list[Path]:
+    """The paths as given, with each folder replaced by the images directly in it (sorted), as
+    `captcha predict` and `captcha client` read them."""
+    paths: list[Path] = []
+    for item in map(Path, given):
+        if not item.is_dir():
+            paths.append(item)
+            continue
+        found = list_images(item)
+        if not found:
+            below = sorted(d.name + "/" for d in item.iterdir() if d.is_dir() and list_images(d))
+            where = f" (its sub-folders {', '.join(below)} hold some: name them)" if below else ""
+            raise FileNotFoundError(f"{item}: no images in this folder{where}")
+        paths += found
+    return paths
+
+
 def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) read from the header alone, or None if the format is not recognised."""
     if data.startswith(_PNG_SIGNATURE) and len(data) >= 24:

@@ -100,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"--schedule must be onecycle, cosine or constant, not {self.schedule!r}")
         if self.augment not in AUGMENT_LEVELS:
             raise ValueError(f"--augment must be one of {', '.join(AUGMENT_LEVELS)}, not {self.augment!r}")
+        if self.head == "ctc" and self.length is not None:
+            raise ValueError("--length does not apply to --head ctc, which reads labels of any length")
         if self.augment_views < 1:
             raise ValueError("--augment-views must be at least 1")
         if self.augment_views > 1 and self.augment == "none":

@@ -45,13 +45,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_client(args: argparse.Namespace) -> int:
     import grpc
 
+    from captcha.imageio import expand_image_paths
     from serving.client import RecognizerClient, open_channel, response_dict
 
     status = 0
     token = args.token or os.environ.get("CAPTCHA_TOKEN") or None
     paths, payloads = [], []
     limit = int(args.max_message_mb * 1024 * 1024) - 1024  # room for the message's other fields
-    for path in args.images:
+    for path in expand_image_paths(args.images):
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
@@ -65,7 +66,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
             continue
         payloads.append(data)
         paths.append(path)
-    with open_channel(args.address, args.tls_ca, args.tls) as channel:
+    with open_channel(args.address, args.tls_ca, args.tls, args.tls_name) as channel:
         client = RecognizerClient(channel, token, timeout=args.timeout)
         try:
             responses = client.recognize_stream(iter(payloads), args.model, timeout=args.timeout)
@@ -106,12 +107,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_serve)
 
     p = subparsers.add_parser("client", help="recognize images through a running `captcha serve`")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files or folders (the images directly in them)")
     p.add_argument("--address", default="127.0.0.1:50051")
     p.add_argument("--model", default="", help="served model name (default: the server's default)")
     p.add_argument("--token", help="bearer token (default: $CAPTCHA_TOKEN)")
     p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     p.add_argument("--tls-ca", help="PEM CA certificate to trust (implies --tls)")
+    p.add_argument("--tls-name", help="host name the server's certificate carries, when --address names it otherwise (implies --tls)")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--json", action="store_true", help="one JSON object per line, as `captcha predict --json`")
     p.add_argument("--max-message-mb", type=float, default=4.0, help="skip (and name) larger files: the server's --max-message-mb (default 4)")

@@ -13,10 +13,12 @@ from serving._proto.captcha.v1 import recognizer_pb2_grpc as pb_grpc
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def open_channel(address: str, tls_ca: str | None = None, tls: bool = False) -> grpc.Channel:
-    """An insecure channel, or a TLS one (system roots, or `tls_ca` for a private CA)."""
+def open_channel(address: str, tls_ca: str | None = None, tls: bool = False, tls_name: str | None = None) -> grpc.Channel:
+    """An insecure channel, or a TLS one (system roots, or `tls_ca` for a private CA; `tls_name`,
+    which implies TLS, is the host name to check the certificate against instead of `address`'s)."""
     options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-    if tls or tls_ca:
+    if tls or tls_ca or tls_name:
+        options += [("grpc.ssl_target_name_override", tls_name)] if tls_name else []
         creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes() if tls_ca else None)
         return grpc.secure_channel(address, creds, options=options)
     return grpc.insecure_channel(address, options=options)

@@ -116,6 +116,9 @@ class Engine:
         """
         if not images:
             return []
+        if len(images) > self.max_queue:  # could never be queued whole, even on an idle server
+            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"{len(images)} images in one call; the server queues at most "
+                           f"{self.max_queue} per model (--max-queue): send them in smaller calls")
         spec = entry.model.spec
         args = (spec.preprocess, tuple(spec.input_size), spec.mean, spec.std)
         loop = asyncio.get_running_loop()

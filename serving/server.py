@@ -69,6 +69,13 @@ class CaptchaServer:
         self.config = config
         if bool(config.tls_cert) != bool(config.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
+        for flag, value, least in (("--max-batch", config.max_batch, 1), ("--max-queue", config.max_queue, 1)):
+            if value < least:
+                raise ValueError(f"{flag} must be at least {least}, not {value}")
+        for flag, value in (("--max-message-mb", config.max_message_mb), ("--max-delay-ms", config.max_delay_ms + 1e-9),
+                            ("--grace", config.grace_s + 1e-9)):
+            if not value > 0:
+                raise ValueError(f"{flag} must be {'positive' if flag == '--max-message-mb' else 'zero or more'}, not {value:g}")
         self.specs = parse_model_args(config.models)
         self.metrics = server_metrics()
         self.engine = Engine(self.metrics, config.workers or (os.cpu_count() or 1), config.max_batch, config.max_delay_ms / 1000.0, config.max_queue,
@@ -145,7 +152,10 @@ class CaptchaServer:
         """Listen, load and warm up the models, then report SERVING."""
         self._call(self.server.start())
         if self.config.metrics_port is not None:
-            self.metrics_http = serve_metrics(self.metrics, self.config.host, self.config.metrics_port)
+            try:
+                self.metrics_http = serve_metrics(self.metrics, self.config.host, self.config.metrics_port)
+            except OSError as exc:
+                raise RuntimeError(f"cannot serve metrics on {self.config.host}:{self.config.metrics_port}: {exc.strerror or exc}") from None
         for name, path in self.specs:
             threads = self.config.ort_threads or max(1, (os.cpu_count() or 1) - 1)
             model = ServedModel(name, path, self.config.device, threads)  # here: the loop keeps answering health

@@ -426,3 +426,47 @@ def test_client_names_a_file_over_the_message_limit_and_reads_the_rest(artifacts
     assert main(["client", first, str(big), last, "--address", f"127.0.0.1:{srv.port}", "--max-message-mb", "0.25"]) == 1
     out, err = capsys.readouterr()
     assert "big.png: 0.3 MB, over the 0.25 MB" in err and first in out and last in out
+
+
+def test_the_cli_client_reads_folders_and_checks_the_certificate_name(artifacts, tls_server, tmp_path, capsys) -> None:
+    from captcha.cli import main
+
+    srv, cert = tls_server
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in artifacts["images"][:2]:
+        shutil.copy(p, folder / p.name)
+    address = ["--address", f"127.0.0.1:{srv.port}", "--tls-ca", str(cert), "--timeout", "30"]
+    assert main(["client", str(folder), *address, "--tls-name", "localhost"]) == 0  # the name the certificate carries
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[1] for line in lines] == _expected(artifacts, sorted(folder.glob("*.png")))
+    assert main(["client", str(folder), *address, "--tls-name", "captcha.example.com"]) == 2  # another name fails
+    assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_a_call_larger_than_the_queue_is_named_and_nonsense_limits_are_refused(artifacts, gated) -> None:
+    _gate, start = gated
+    _srv, client = start(max_queue=3)
+    images = [p.read_bytes() for p in artifacts["images"]]
+    with pytest.raises(grpc.RpcError) as err:  # an idle server: not "busy", the call itself is too large
+        client.recognize_batch(images[:4])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "4 images in one call; the server queues at most 3 per model (--max-queue)" in err.value.details()
+    assert [r.text for r in client.recognize_batch(images[:3])] == _expected(artifacts, artifacts["images"][:3])
+    for bad, message in (({"max_queue": 0}, "--max-queue must be at least 1"), ({"max_message_mb": 0}, "--max-message-mb must be positive"),
+                         ({"max_batch": 0}, "--max-batch must be at least 1"), ({"grace_s": -1}, "--grace must be zero or more")):
+        with pytest.raises(ValueError, match=message):
+            CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, **bad))
+
+
+def test_a_busy_metrics_port_is_one_error_line(artifacts, capsys) -> None:
+    import socket
+
+    from captcha.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(artifacts["onnx"]), "--host", "127.0.0.1", "--port", "0", "--metrics-port", str(port)]) == 2
+    assert f"error: cannot serve metrics on 127.0.0.1:{port}:" in capsys.readouterr().err
