@@ -163,10 +163,11 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         entry = self.engine.get(request.model)
         if entry.model.spec.task != "classification":
             raise RpcAbort(grpc.StatusCode.FAILED_PRECONDITION, f"model {entry.model.name!r} is a {entry.model.spec.task} model; use Recognize")
+        if request.top_k < 0:  # checked before any work is done
+            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be 0 (the default, 5) or more, got {request.top_k}")
         staged = await self.engine.stage(entry, request.image, "request")
         row = await self.engine.logits(staged)
-        if request.top_k < 0:
-            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be 0 (the default, 5) or more, got {request.top_k}")
+        self.engine.metrics.inc("captcha_images_total", model=entry.model.name)
         labels = entry.model.top_k(row[None], request.top_k or 5)[0]
         return pb.ClassifyResponse(
             labels=[pb.Label(name=n, probability=p) for n, p in labels], model=entry.model.name, model_version=entry.model.version
@@ -221,21 +222,37 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, engine: Engine):
         self.engine = engine
 
+    def _entry(self, name: str, version: str) -> Entry:
+        """The served model `name` (empty: the default) at `version` (empty: the one served);
+        another version is NOT_FOUND, as Triton answers: one version of each model is served."""
+        entry = self.engine.get(name)
+        if version and version != entry.model.version:
+            raise RpcAbort(grpc.StatusCode.NOT_FOUND, f"model {entry.model.name!r} has no version {version!r}; served: {entry.model.version}")
+        return entry
+
+    @_rpc("ServerLive")
     async def ServerLive(self, request, context):  # noqa: N802
         return kpb.ServerLiveResponse(live=True)
 
+    @_rpc("ServerReady")
     async def ServerReady(self, request, context):  # noqa: N802
         return kpb.ServerReadyResponse(ready=self.engine.ready.is_set())
 
+    @_rpc("ModelReady")
     async def ModelReady(self, request, context):  # noqa: N802
-        return kpb.ModelReadyResponse(ready=self.engine.ready.is_set() and request.name in self.engine.entries)
+        try:  # an empty name is the default model, as in ModelMetadata and ModelInfer
+            self._entry(request.name, request.version)
+        except RpcAbort:
+            return kpb.ModelReadyResponse(ready=False)
+        return kpb.ModelReadyResponse(ready=True)
 
+    @_rpc("ServerMetadata")
     async def ServerMetadata(self, request, context):  # noqa: N802
         return kpb.ServerMetadataResponse(name="captchakit", version=captcha.__version__, extensions=[])
 
     @_rpc("ModelMetadata")
     async def ModelMetadata(self, request, context):  # noqa: N802
-        entry = self.engine.get(request.name)
+        entry = self._entry(request.name, request.version)
         meta = kpb.ModelMetadataResponse
         return meta(
             name=entry.model.name, versions=[entry.model.version], platform="captchakit_onnx",
@@ -245,7 +262,7 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc("ModelInfer")
     async def ModelInfer(self, request, context):  # noqa: N802
-        entry = self.engine.get(request.model_name)
+        entry = self._entry(request.model_name, request.model_version)
         if len(request.inputs) != 1 or request.inputs[0].datatype != "BYTES":
             raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "expected one BYTES input of encoded images")
         tensor_in = request.inputs[0]

@@ -165,6 +165,21 @@ def test_kserve_model_infer(artifacts, channel) -> None:
     assert texts == [p.text for p in Predictor.from_run(artifacts["run"], "cpu").predict_paths(paths)]
 
 
+def test_kserve_versions_the_default_model_and_counted_calls(server, channel) -> None:
+    stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+    md = (("authorization", f"Bearer {TOKEN}"),)
+    version = stub.ModelMetadata(kpb.ModelMetadataRequest(name="captcha"), metadata=md).versions[0]
+    ready = lambda **kw: stub.ModelReady(kpb.ModelReadyRequest(**kw), metadata=md).ready  # noqa: E731
+    assert ready(name="captcha", version=version) and ready(name="") and not ready(name="captcha", version="999") and not ready(name="nope")
+    assert _code(lambda: stub.ModelMetadata(kpb.ModelMetadataRequest(name="captcha", version="999"), metadata=md)) == grpc.StatusCode.NOT_FOUND
+    request = kpb.ModelInferRequest(model_name="captcha", model_version="999",
+                                    inputs=[kpb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1], contents=kpb.InferTensorContents(bytes_contents=[b"x"]))])
+    assert _code(lambda: stub.ModelInfer(request, metadata=md)) == grpc.StatusCode.NOT_FOUND
+    before = server.metrics.value("captcha_requests_total", method="ServerLive", code="OK")
+    assert stub.ServerLive(kpb.ServerLiveRequest(), metadata=md).live
+    assert server.metrics.value("captcha_requests_total", method="ServerLive", code="OK") == before + 1
+
+
 def test_metrics_endpoint(server, client, artifacts) -> None:
     client.recognize(artifacts["images"][0].read_bytes())
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()

@@ -69,7 +69,9 @@ def torch_side(exported, shapes) -> dict:
 def client(exported):
     srv = CaptchaServer(ServeConfig(models=[f"shapes={exported['onnx']}"], host="127.0.0.1", port=0, max_batch=4, max_delay_ms=2, grace_s=1)).start()
     with open_channel(f"127.0.0.1:{srv.port}") as channel:
-        yield RecognizerClient(channel)
+        client = RecognizerClient(channel)
+        client.server = srv  # the tests read its metrics
+        yield client
     srv.stop(0).wait(10)
 
 
@@ -135,6 +137,10 @@ def test_classify_top_k_bounds_and_model_info(client, torch_side) -> None:
     with pytest.raises(grpc.RpcError) as err:
         client.stub.Classify(pb.ClassifyRequest(image=b"not an image"), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    with pytest.raises(grpc.RpcError) as err:
+    images = client.server.metrics.value("captcha_images_total", model="shapes")
+    with pytest.raises(grpc.RpcError) as err:  # refused before the model reads the image
         client.stub.Classify(pb.ClassifyRequest(image=image, top_k=-1), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_k" in err.value.details()
+    assert client.server.metrics.value("captcha_images_total", model="shapes") == images
+    client.stub.Classify(pb.ClassifyRequest(image=image), timeout=30)  # each classified image counts
+    assert client.server.metrics.value("captcha_images_total", model="shapes") == images + 1
