@@ -33,6 +33,7 @@ from serving.model import ServedModel, parse_model_args
 from serving.servicer import InferenceServicer, RecognizerServicer
 
 log = logging.getLogger("captcha.serving")
+DRAIN_S = 1.0  # on stop, seconds the server keeps taking calls after health turns NOT_SERVING (at most the grace)
 
 SERVICES = (
     recognizer_pb2.DESCRIPTOR.services_by_name["Recognizer"].full_name,
@@ -180,6 +181,10 @@ class CaptchaServer:
             if hasattr(self, "health"):
                 await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             if hasattr(self, "server"):
+                # Calls already sent may still wait in gRPC's transport, not yet handed to a handler:
+                # `server.stop` would cancel those. Answering a little longer (health already says
+                # NOT_SERVING, so balancers stop sending) lets them start; they then finish in `grace`.
+                await asyncio.sleep(min(grace, DRAIN_S))
                 await self.server.stop(grace)
             await self.engine.close()
             if self.metrics_http:
