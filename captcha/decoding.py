@@ -38,11 +38,13 @@ def unsmooth(probs: np.ndarray, label_smoothing: float, classes: int) -> np.ndar
 
 
 def label_smoothing_of(meta: dict[str, Any]) -> float:
-    """The label smoothing a recognizer was trained with (0 for older checkpoints and classifiers),
-    which decoding needs to report its confidences on the 0-1 scale (`unsmooth`)."""
-    if meta.get("task") != "recognition":
+    """The label smoothing a recognizer was trained with (0 for older checkpoints, classifiers and
+    CTC heads, whose loss takes none), which decoding needs to report its confidences on the 0-1
+    scale (`unsmooth`)."""
+    config = meta.get("config") or {}
+    if meta.get("task") != "recognition" or (meta.get("head") or config.get("head")) == "ctc":
         return 0.0
-    return float((meta.get("config") or {}).get("label_smoothing") or 0.0)
+    return float(config.get("label_smoothing") or 0.0)
 
 
 def decode_fixed(logits: np.ndarray, alphabet: str, label_smoothing: float = 0.0) -> list[Prediction]:

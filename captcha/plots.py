@@ -3,6 +3,7 @@ matrices, misread images. Drawn with OpenCV alone."""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import cv2
@@ -85,6 +86,20 @@ def image_grid(rows: list[list[np.ndarray]], labels: list[str] | None = None, sc
     return grid
 
 
+def marked_prediction(truth: str, predicted: str) -> list[tuple[str, bool]]:
+    """The prediction as (character, wrong) pairs for a caption: position by position when the
+    lengths agree; otherwise aligned to the truth, a missing character shown as a wrong `_`."""
+    if len(truth) == len(predicted):
+        return [(p, p != t) for t, p in zip(truth, predicted)]
+    marks: list[tuple[str, bool]] = []
+    for op, t0, t1, p0, p1 in difflib.SequenceMatcher(None, truth, predicted, autojunk=False).get_opcodes():
+        if op == "equal":
+            marks += [(ch, False) for ch in predicted[p0:p1]]
+        else:  # replace, insert: the predicted characters are wrong; delete: the truth's are missing
+            marks += [(ch, True) for ch in predicted[p0:p1]] + [("_", True)] * max(0, (t1 - t0) - (p1 - p0))
+    return marks
+
+
 def misread_grid(items: list[tuple[np.ndarray, str, str]], out: str | Path, columns: int = 4, scale: int = 2) -> Path:
     """Tile (image, truth, prediction) triples, each captioned `truth -> prediction` underneath,
     with the characters that differ in red."""
@@ -97,7 +112,7 @@ def misread_grid(items: list[tuple[np.ndarray, str, str]], out: str | Path, colu
         cell = cv2.copyMakeBorder(image, 0, 24, 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255))
         x = 4
         for text, color in [(truth, (0, 0, 0)), (" -> ", (0, 0, 0))] + [
-            (ch, (0, 0, 0) if i < len(truth) and truth[i] == ch else (0, 0, 220)) for i, ch in enumerate(predicted)
+            (ch, (0, 0, 220) if wrong else (0, 0, 0)) for ch, wrong in marked_prediction(truth, predicted)
         ]:
             cv2.putText(cell, text, (x, cell.shape[0] - 7), _FONT, 0.55, color, 1, cv2.LINE_AA)
             x += cv2.getTextSize(text, _FONT, 0.55, 1)[0][0]

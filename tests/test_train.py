@@ -161,6 +161,9 @@ def test_ctc_head_trains_on_variable_length_labels(tmp_path):
     assert meta["length"] is None and meta["head"] == "ctc"
     predictions = Predictor.from_run(tmp_path / "r", "cpu").predict_paths(sorted((tmp_path / "d" / "test").glob("*.png"))[:3])
     assert all(isinstance(p.text, str) for p in predictions)
+    from captcha.decoding import label_smoothing_of
+
+    assert meta["config"]["label_smoothing"] == 0.2 and label_smoothing_of(meta) == 0.0  # the CTC loss takes none
 
 
 def test_inputs_too_wide_for_the_attention_head_are_refused_and_short_ctc_outputs_named(tiny_data, tmp_path):
@@ -175,6 +178,14 @@ def test_inputs_too_wide_for_the_attention_head_are_refused_and_short_ctc_output
     fit(config, log=lines.append)
     assert any("of 120 training labels" in line and "need more than the 3 output columns" in line for line in lines)
     assert [ctc_columns_needed(t) for t in ("ab", "aab", "aaa", "abab")] == [2, 4, 5, 4]
+
+
+def test_misread_captions_mark_wrong_and_missing_characters():
+    from captcha.plots import marked_prediction
+
+    assert marked_prediction("ab12", "ab13") == [("a", False), ("b", False), ("1", False), ("3", True)]
+    assert marked_prediction("w86yw3", "w86yw")[-1] == ("_", True)  # a dropped character is shown, in red
+    assert [wrong for _, wrong in marked_prediction("abc", "abxc")] == [False, False, True, False]  # an extra one
 
 
 def test_per_character_accuracy_counts_only_the_labels_that_reach_a_position():
