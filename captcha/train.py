@@ -395,7 +395,8 @@ def prepare_data(config: TrainConfig, data_dir: Path) -> PreparedData:
         splits[split] = Dataset(images, [enc.samples[i].label for i in keep], [enc.samples[i].path for i in keep])
     if problems:
         lengths_hint = variable_length_hint(train_labels, length, config.head) if length is not None and not config.length else None
-        error = DataError(sorted(problems), f"bad data in {data_dir}", hint=lengths_hint or SKIP_BAD_HINT)
+        header = f"bad data in {data_dir}" + (" (labels of several lengths: see the last line)" if lengths_hint else "")
+        error = DataError(sorted(problems), header, hint=lengths_hint or SKIP_BAD_HINT)
         if not config.skip_bad:
             raise error
         if dist.is_main():
