@@ -109,7 +109,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
                                     f"`captcha train --resume --out {path}`, or name {path / LAST} to use it as it is")
         path = path / BEST
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no checkpoint here (train one with `captcha train --out DIR`)")
+        raise FileNotFoundError(f"{path}: no checkpoint here (train one with `captcha train --out DIR` or `captcha classify train --out DIR`)")
     return path
 
 

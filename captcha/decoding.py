@@ -38,9 +38,10 @@ def unsmooth(probs: np.ndarray, label_smoothing: float, classes: int) -> np.ndar
 
 
 def label_smoothing_of(meta: dict[str, Any]) -> float:
-    """The label smoothing a recognizer was trained with (0 for older checkpoints, classifiers and
-    CTC heads, whose loss takes none), which decoding needs to report its confidences on the 0-1
-    scale (`unsmooth`)."""
+    """The label smoothing by which decoding rescales a model's confidences to the 0-1 scale
+    (`unsmooth`): the training value of a per-character recognizer; 0 for a CTC head (its loss
+    takes none), a classifier (its top-k probabilities stay the softmax's, whatever its recipe's
+    smoothing) and an older checkpoint."""
     config = meta.get("config") or {}
     if meta.get("task") != "recognition" or (meta.get("head") or config.get("head")) == "ctc":
         return 0.0

@@ -169,8 +169,8 @@ def verification_images(meta: dict[str, Any], count: int, workdir: Path) -> list
             if files:
                 return files
     if meta["task"] != "recognition":
-        where = f"{data} holds no images" if data and Path(data).is_dir() else "the run's data folder is gone"
-        raise ValueError(f"cannot verify the export: {where} and classifiers have no generator; pass images or --no-verify")
+        where = f"{data} holds no images" if data and Path(data).is_dir() else f"the run's data folder ({data}) is not there"
+        raise ValueError(f"cannot verify the export: {where} and classifiers have no generator; --no-verify skips the check")
     from captcha.generate import GeneratorConfig, generate_dataset
 
     length = meta.get("length") or 4
@@ -224,6 +224,14 @@ def export_onnx(
     from captcha.checkpoint import load_model, resolve_checkpoint
     from captcha.tta import read_views
 
+    from torch.onnx._constants import ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+
+    if not ONNX_MIN_OPSET <= opset <= ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET:
+        raise ValueError(f"--opset {opset}: this torch exports opsets {ONNX_MIN_OPSET} to {ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET}")
+    if isinstance(verify_images, int) and verify_images < 0:
+        raise ValueError(f"--verify-images must be 0 or more, not {verify_images}")
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"--out {out}: a folder; name the .onnx file to write (e.g. {Path(out) / 'model.onnx'})")
     checkpoint = resolve_checkpoint(run)
     model, meta = load_model(checkpoint, "cpu", channels_last=False)
     if tta is not None:
@@ -239,13 +247,17 @@ def export_onnx(
     _write_metadata(out_path, meta)
     diff, agree, count = 0.0, True, 0
     if verify_images:
-        with tempfile.TemporaryDirectory() as tmp:
-            images = [Path(p) for p in verify_images] if isinstance(verify_images, list) else verification_images(meta, int(verify_images), Path(tmp))
-            diff, agree = _verify(out_path, model, meta, images)
-            count = len(images)
-        log(f"Verified {out_path} on {count} images: ONNX Runtime and torch {'agree on every prediction' if agree else 'DISAGREE'}; max abs logit difference {diff:.3g}")
-        if not agree:
-            raise RuntimeError(f"{out_path}: ONNX Runtime and torch predict different text (max abs logit difference {diff:.3g})")
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                images = [Path(p) for p in verify_images] if isinstance(verify_images, list) else verification_images(meta, int(verify_images), Path(tmp))
+                diff, agree = _verify(out_path, model, meta, images)
+                count = len(images)
+            log(f"Verified {out_path} on {count} images: ONNX Runtime and torch {'agree on every prediction' if agree else 'DISAGREE'}; max abs logit difference {diff:.3g}")
+            if not agree:
+                raise RuntimeError(f"{out_path}: ONNX Runtime and torch predict different text (max abs logit difference {diff:.3g})")
+        except BaseException:
+            out_path.unlink(missing_ok=True)  # an unverified file is not left where a server would pick it up
+            raise
     return ExportResult(out_path, count, diff, agree, [int(x) for x in output_shape])
 
 

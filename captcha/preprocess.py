@@ -72,7 +72,8 @@ def preprocess(name: str, image: np.ndarray, size: tuple[int, int] = INPUT_SIZE)
     return normalize(get_preprocessor(name)(image, size))
 
 
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The one resize every image takes to the model's input size (area when shrinking)."""
     h, w = size
     if image.shape[:2] == (h, w):
         return image
@@ -165,7 +166,7 @@ def _erase_curve(mask: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def _clean(image: np.ndarray, size: tuple[int, int], remove_curve: bool) -> np.ndarray:
-    image = _resize(image, size)
+    image = resize(image, size)
     strength = ink_strength(image)
     mask = _ink_mask(strength)
     if remove_curve:
@@ -181,13 +182,13 @@ def _clean(image: np.ndarray, size: tuple[int, int], remove_curve: bool) -> np.n
 @register_preprocessor("original", channels=3)
 def original(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize only; 3 channels (RGB)."""
-    return cv2.cvtColor(_resize(image, size), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(resize(image, size), cv2.COLOR_BGR2RGB)
 
 
 @register_preprocessor("gray", channels=1)
 def gray(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize and convert to grayscale; 1 channel."""
-    return cv2.cvtColor(_resize(image, size), cv2.COLOR_BGR2GRAY)
+    return cv2.cvtColor(resize(image, size), cv2.COLOR_BGR2GRAY)
 
 
 @register_preprocessor("denoise", channels=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -307,3 +308,43 @@ def test_recipes_refuse_values_no_run_can_use_and_svm_wants_a_classifier(trained
             build_recipe("default", **overrides)
     with pytest.raises(ValueError, match="not a classification run"):
         svm_compare(trained_run, shapes)
+
+
+def test_augmented_runs_score_every_split_at_the_input_size(tmp_path, shapes):
+    # With crops, training images are kept at 256/224 of the input size; the scores must read the
+    # images the model reads (the MLP could not even take the larger ones).
+    out = tmp_path / "mlp"
+    recipe = build_recipe("default", model="mlp", epochs=[1], input_size=(16, 16), augment="tricks", batch_size=16)
+    result = train_classifier(shapes, out, recipe, device="cpu", **QUIET)
+    assert (out / "metrics.json").exists()
+    for split in ("train", "val"):
+        assert result.metrics[split]["top1"] == pytest.approx(evaluate_run(out, shapes, split=split, cache_dir=False)["top1"])
+
+
+def test_classifier_data_mistakes_are_named_before_training(tmp_path, shapes):
+    empty = tmp_path / "empty_class"
+    shutil.copytree(shapes, empty)
+    (empty / "zebra").mkdir()
+    with pytest.raises(DataError, match="zebra: class folder without images"):
+        load_data(empty, (16, 16), 3)
+    no_train = tmp_path / "no_train"
+    shutil.copytree(shapes, no_train / "val")
+    shutil.copytree(shapes, no_train / "test")
+    with pytest.raises(DataError, match="no train/ folder beside val/, test/"):
+        load_data(no_train, (16, 16), 3)
+    with pytest.raises(ValueError, match="model sepnet: not a classifier; choose from mlp, cnn"):
+        _cli(["classify", "sweep", "--data", str(shapes), "--out", str(tmp_path / "sw"), "--factors", "model",
+              "--values", "model=mlp,sepnet", "--epochs", "1", "--no-cache"])
+    assert not (tmp_path / "sw" / "runs").exists()  # refused before any run trained
+    assert build_recipe("tricks", epochs=[2]).stages[0].warmup_epochs == 1  # the recipe's warm-up fits a short run
+    with pytest.raises(ValueError, match="--warmup-epochs 3 leaves no epoch"):
+        build_recipe("tricks", epochs=[2], warmup_epochs=3)
+
+
+def test_mnist_resizes_as_the_exported_preprocessor_does(tmp_path):
+    from captcha.classify.data import _resize_stack
+    from captcha.preprocess import resize
+
+    digits = np.random.default_rng(0).integers(0, 255, (3, 28, 28), dtype=np.uint8)
+    stacked = _resize_stack(digits, (10, 10), 1)
+    assert all(np.array_equal(stacked[i, 0], resize(digits[i], (10, 10))) for i in range(3))

@@ -126,3 +126,19 @@ def test_classifier_verification_images_come_from_every_class(tmp_path: Path) ->
 
     with pytest.raises(ValueError, match="no-verify"):
         verification_images({"task": "classification", "config": {"data": str(tmp_path / "gone")}}, 4, tmp_path / "w3")
+
+
+def test_export_mistakes_are_named_and_an_unverified_file_is_not_left(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    for kwargs, message in (({"out": tmp_path}, "a folder; name the .onnx file"), ({"opset": 30}, "--opset 30: this torch exports opsets"),
+                            ({"verify_images": -3}, "--verify-images must be 0 or more")):
+        with pytest.raises(ValueError, match=message):
+            export_onnx(run_dir, **{"out": tmp_path / "m.onnx", **kwargs}, log=lambda s: None)
+    import captcha.export
+
+    def no_images(*args, **kwargs):
+        raise ValueError("cannot verify the export: the run's data folder (gone) is not there")
+
+    monkeypatch.setattr(captcha.export, "verification_images", no_images)
+    with pytest.raises(ValueError, match="cannot verify"):
+        export_onnx(run_dir, tmp_path / "unverified.onnx", verify_images=4, log=lambda s: None)
+    assert not (tmp_path / "unverified.onnx").exists()

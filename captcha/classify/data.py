@@ -17,13 +17,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from captcha.constants import IMAGE_EXTENSIONS
 from captcha.data import DataError, Sample, load_images
 from captcha.imageio import list_images
+from captcha.preprocess import resize
 
 NO_SKIP_HINT = "Fix or remove these files."  # the classification track reads every file or stops
 
@@ -107,7 +107,7 @@ def _resize_stack(images: np.ndarray, size: tuple[int, int], channels: int) -> n
     """uint8 N x H x W gray images -> N x C x h x w at `size` (gray replicated for RGB)."""
     h, w = size
     if images.shape[1:] != (h, w):
-        images = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in images])
+        images = np.stack([resize(im, (h, w)) for im in images])  # as the exported model's preprocessor resizes
     out = images[:, None]
     return np.repeat(out, channels, axis=1) if channels > 1 else out
 
@@ -200,6 +200,9 @@ def load_image_folder(
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such data folder")
     has_splits = (root / "train").is_dir()
+    if not has_splits and any((root / s).is_dir() for s in ("val", "test")):  # else "val" and "test" would be two classes
+        present = ", ".join(f"{s}/" for s in ("val", "test") if (root / s).is_dir())
+        raise DataError([(str(root / "train"), f"no train/ folder beside {present}")], f"no training data in {root}", hint=None)
     class_names = _class_folders(root / "train" if has_splits else root)
     if not class_names:
         raise FileNotFoundError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
@@ -220,6 +223,10 @@ def load_image_folder(
         per_split = {"train": [pool[i] for i in train_idx], "val": [pool[i] for i in val_idx], "test": []}
     if not per_split["train"]:
         raise FileNotFoundError(f"{root}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+    base = root / "train" if has_splits else root
+    empty = [c for c in class_names if not list_images(base / c, recursive=True)]
+    if empty:  # a class without a training image would be an output nothing ever trains
+        raise DataError([(str(base / c), "class folder without images") for c in empty], f"bad data in {root}", hint=NO_SKIP_HINT)
     problems: list[tuple[str, str]] = []
     sizes = {"train": train_size or size, "val": size, "test": size}
     splits = {s: _encode(per_split[s], class_names, sizes[s], channels, cache_dir, problems) for s in SPLITS}

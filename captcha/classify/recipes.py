@@ -121,6 +121,8 @@ def build_recipe(name: str = "default", **overrides: Any) -> Recipe:
     for i, stage in enumerate(recipe.stages):
         if epochs:
             stage.epochs = int(epochs[i])
+            if "warmup_epochs" not in overrides:  # a recipe's own warm-up shrinks to fit fewer epochs (a short trial run)
+                stage.warmup_epochs = min(stage.warmup_epochs, stage.epochs // 2)
         if lrs:
             stage.lr = float(lrs[i])
         elif name == "tricks" and "batch_size" in overrides:
@@ -158,6 +160,9 @@ def _check_values(recipe: Recipe) -> None:
             raise ValueError(f"--epochs must be at least 1 (stage {stage.name}: {stage.epochs})")
         if not stage.lr > 0:
             raise ValueError(f"--lr must be above 0 (stage {stage.name}: {stage.lr})")
+        if stage.warmup_epochs >= stage.epochs and stage.warmup_epochs:
+            raise ValueError(f"--warmup-epochs {stage.warmup_epochs} leaves no epoch of stage {stage.name} ({stage.epochs} epochs) "
+                             f"after the warm-up: pass fewer than {stage.epochs}")
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:

@@ -53,6 +53,8 @@ def svm_compare(
     """
     from sklearn.svm import SVC
 
+    if max_train is not None and max_train < 2:  # checked before any features are extracted
+        raise ValueError(f"--max-train must be at least 2 (an SVM needs images of two classes), not {max_train}")
     model, meta = load_model(run, resolve_device(device))
     require_classification_run(run, meta)
     data = load_run_data(meta, data_dir, cache_dir)

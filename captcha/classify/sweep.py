@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from captcha.classify.models import CLASSIFIERS
 from captcha.classify.recipes import build_recipe
 from captcha.classify.train import train_classifier
 
@@ -66,6 +67,9 @@ def run_sweep(
     unknown = [f for f in factors if f not in FACTORS]
     if unknown:
         raise ValueError(f"unknown factor(s) {', '.join(unknown)}; choose from {', '.join(FACTORS)}")
+    not_classifiers = [m for m in {base["model"], *grid["model"]} if m not in CLASSIFIERS]
+    if not_classifiers:  # checked before any run trains
+        raise ValueError(f"model {', '.join(sorted(not_classifiers))}: not a classifier; choose from {', '.join(CLASSIFIERS)}")
     done: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     for factor in factors:

@@ -180,6 +180,10 @@ def train_classifier(
     dev = resolve_device(device)
     channels = recipe.channels or _default_channels(data_dir, recipe.model)
     data = load_data(data_dir, tuple(recipe.input_size), channels, recipe.split, recipe.seed, cache_dir, train_size=_load_size(recipe))
+    # Scores read every split at the size the model reads (the training images above may be kept
+    # larger for random crops): the same images `classify evaluate` reads.
+    scored = data if _load_size(recipe) == tuple(recipe.input_size) else load_data(
+        data_dir, tuple(recipe.input_size), channels, recipe.split, recipe.seed, cache_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model_args = model_args_for(recipe, len(data.class_names), channels)
@@ -193,7 +197,7 @@ def train_classifier(
         task="classification", model_name=recipe.model, model_args=model_args, input_size=tuple(recipe.input_size),
         channels=channels, preprocess=preprocessor_for(channels), mean=META_MEAN, std=META_STD,
         class_names=data.class_names, length=1,
-        config={"recipe": recipe.to_dict(), "data": str(data_dir), "source": data.source, "sizes": data.sizes(), "weights": str(weights) if weights else None},
+        config={"recipe": recipe.to_dict(), "data": str(Path(data_dir).resolve()), "source": data.source, "sizes": data.sizes(), "weights": str(weights) if weights else None},
     )
     meta["input_normalization"] = {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist(), "applied_in": "model"}
     meta["parameters"] = sum(p.numel() for p in model.parameters())
@@ -215,7 +219,7 @@ def train_classifier(
             epoch_no += 1
             t0 = time.perf_counter()
             train = _train_epoch(model, data.splits["train"], recipe, stage, optimizer, scheduler, augment, dev, generator, f"{stage.name} {epoch}/{stage.epochs}")
-            val = split_scores(model, data.splits[watch])
+            val = split_scores(model, scored.splits[watch])
             for phase, scores in (("train", train), ("val", val)):
                 history.append({"stage": stage.name, "epoch": epoch_no, "phase": phase, **scores})
             log(f"[{stage.name}] epoch {epoch_no}/{total_epochs}  train {_fmt(train)}  |  {watch} {_fmt(val)}  ({time.perf_counter() - t0:.1f}s)")
@@ -230,7 +234,7 @@ def train_classifier(
 
     learning_curves(history, out / "curves.png", metric="top1", metric_label="top-1 accuracy")
     best_model, _ = ckpt.load_model(out / ckpt.BEST, dev)
-    final = {name: split_scores(best_model, split) for name, split in data.splits.items() if len(split)}
+    final = {name: split_scores(best_model, split) for name, split in scored.splits.items() if len(split)}
     seconds = time.perf_counter() - started
     (out / "metrics.json").write_text(json.dumps({"best": meta["metrics"], "splits": final, "seconds": seconds}, indent=1))
     log(f"Best checkpoint (epoch {meta['metrics']['best_epoch']}): " + "  ".join(f"{k} top1 {v['top1'] * 100:.2f}% top3 {v['top3'] * 100:.2f}%" for k, v in final.items()))
