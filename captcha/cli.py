@@ -64,6 +64,10 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     from captcha.preprocess import get_preprocessor, list_preprocessors
 
     names = args.preprocess or list_preprocessors()
+    if args.count < 1:
+        raise ValueError(f"--count must be at least 1, not {args.count}")
+    if min(args.height, args.width) < 8:
+        raise ValueError(f"--height and --width must be at least 8 pixels, not {args.height} x {args.width}")
     splits = load_splits(args.data, require_train=False)
     samples = (splits["train"] + splits["val"] + splits["test"])[: args.count]
     if not samples:
@@ -110,14 +114,21 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace):
+def _given_settings(args: argparse.Namespace) -> dict:
+    """The TrainConfig settings given on the command line (the parser's defaults are None)."""
     from captcha.train import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "input_size" in values:
         values["input_size"] = tuple(values["input_size"])
-    return TrainConfig(**values)
+    return values
+
+
+def _train_config(args: argparse.Namespace):
+    from captcha.train import TrainConfig
+
+    return TrainConfig(**_given_settings(args))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -126,10 +137,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     distributed.init()
     try:
-        result = fit(_train_config(args))
+        result = fit(_train_config(args), given=set(_given_settings(args)))
+        main_process = distributed.is_main()  # asked before the process group is gone (every rank is 0 after)
     finally:
         distributed.cleanup()
-    if result.test and distributed.is_main():
+    if result.test and main_process:
         accs = ", ".join(f"{a * 100:.2f}%" for a in result.test["per_char_accuracy"])
         print(f"Test: per-character [{accs}], whole-string {result.test['sequence_accuracy'] * 100:.2f}%")
         print(f"Run saved in {result.run_dir}")
@@ -358,7 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; `captcha train --resume --out RUN_DIR` continues a training run", file=sys.stderr)
+        hint = ""
+        if getattr(args, "func", None) is _cmd_train:
+            from captcha.train import TrainConfig
+
+            hint = f"; `captcha train --resume --out {getattr(args, 'out', None) or TrainConfig.out}` continues the run"
+        print(f"\ninterrupted{hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         import os

@@ -36,6 +36,10 @@ def run_grid(base: TrainConfig, out_dir: str | Path, models: list[str] | None = 
 
 def run_sweep(base: TrainConfig, models: list[str], preprocessors: list[str], out_dir: str | Path, log=print) -> list[dict]:
     """Train each (model, preprocessor) pair with `base`'s recipe; write sweep.csv and sweep.md."""
+    unable = [m for m in models if not supports_head(m, base.head)]
+    if unable:  # refused before any cell trains
+        raise ValueError(f"{', '.join(unable)}: only --head fixed (dense layers after the convolutions); "
+                         f"drop {'them' if len(unable) > 1 else 'it'} from --models, or sweep with --head fixed")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -88,6 +88,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError("--epochs must be at least 1")
+        if self.patience < 0:
+            raise ValueError("--patience must be 0 (never stop early) or more")
+        if len(self.input_size) != 2 or min(self.input_size) < 8:
+            raise ValueError(f"--input-size takes a height and a width of at least 8 pixels, not {' '.join(map(str, self.input_size))}")
         if self.batch_size < 1:
             raise ValueError("--batch-size must be at least 1")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
@@ -499,8 +503,11 @@ def _stats_dict(s: EpochStats) -> dict:
     return {"samples": s.samples, "loss": s.loss, "per_char_accuracy": s.per_char, "sequence_accuracy": s.sequence}
 
 
-def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = None, log: Callable[[str], None] = print) -> RunResult:
-    """Train, keep the best checkpoint, evaluate it on the test split; resumable."""
+def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = None, log: Callable[[str], None] = print,
+        given: set[str] | None = None) -> RunResult:
+    """Train, keep the best checkpoint, evaluate it on the test split; resumable. `given` names
+    the settings given on the command line, which `--resume` reports as ignored when they
+    differ from the run's, even where they equal the defaults."""
     run_dir = Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out {run_dir}: a file of that name is there; name a folder for the run")
@@ -511,7 +518,7 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
         resume_state = ckpt.read_checkpoint_file(last_path)
         saved = {k: v for k, v in resume_state["config"].items() if k in {f.name for f in fields(TrainConfig)}}
         saved.update(device=config.device, out=config.out)
-        ignored = _settings_resume_ignores(config, saved)
+        ignored = _settings_resume_ignores(config, saved, given)
         config = TrainConfig(**saved)
         if dist.is_main():
             log(f"Resuming {run_dir} from epoch {resume_state['epoch']} of {config.epochs}")
@@ -568,7 +575,9 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
     optimizer = _make_optimizer(model, config)
     steps_per_epoch = math.ceil(math.ceil(len(train) / dist.world_size()) / config.batch_size)
     scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
-    generator = torch.Generator().manual_seed(config.seed + 1000 * dist.rank())
+    # The same seed on every process: each draws the same permutation and takes its own share of it
+    # (`dist.shard`); per-rank seeds drew different permutations, so shares overlapped.
+    generator = torch.Generator().manual_seed(config.seed)
 
     meta = ckpt.make_meta(
         task="recognition", model_name=config.model, model_args=model_args, input_size=config.input_size,
@@ -592,6 +601,10 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
         best_score, best_epoch = resume_state["best_score"], resume_state["best_epoch"]
         stale, train_seconds = resume_state["stale"], resume_state["train_seconds"]
         start_epoch = resume_state["epoch"] + 1
+        if config.patience and stale >= config.patience:  # it had stopped early: only the final evaluation is left
+            start_epoch = config.epochs + 1
+            if dist.is_main():
+                log(f"The run stopped early at epoch {resume_state['epoch']} (patience {config.patience}): nothing left to train")
         if unlabeled is not None and resume_state.get("pseudo") is not None:  # the pool as it was: no extra relabel
             pseudo_saved = resume_state["pseudo"]
             pseudo = (unlabeled[pseudo_saved[0].to(unlabeled.device)], pseudo_saved[1])
@@ -712,14 +725,17 @@ def _names_a_path(name: str, value: Any) -> bool:
     return Path(value).exists()
 
 
-def _settings_resume_ignores(given: TrainConfig, saved: dict) -> list[str]:
-    """`name=value (the run's: value)` for each setting given away from its default that differs
-    from the one the resumed run was started with (`--resume` keeps the run's settings)."""
+def _settings_resume_ignores(config: TrainConfig, saved: dict, given: set[str] | None = None) -> list[str]:
+    """`name=value (the run's: value)` for each setting given (in `given`, or else away from its
+    default) that differs from the one the resumed run was started with (`--resume` keeps the
+    run's settings)."""
     defaults = _config_dict(TrainConfig())
-    asked = _config_dict(given)
+    asked = _config_dict(config)
     ignored = []
     for name, value in asked.items():
-        if name in ("device", "out", "resume") or name not in saved or value == defaults[name]:
+        if name in ("device", "out", "resume") or name not in saved:
+            continue
+        if (name not in given) if given is not None else value == defaults[name]:
             continue
         before = saved[name]
         if name in _PATH_SETTINGS and _names_a_path(name, before):

@@ -111,3 +111,18 @@ def test_serve_and_client_start_without_importing_torch():
     assert out.returncode == 0, out.stderr
     assert "usage: captcha serve" in out.stdout and "usage: captcha client" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_an_interrupt_names_the_run_to_resume_and_only_for_train(tmp_path, monkeypatch, capsys):
+    import captcha.generate
+    import captcha.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(captcha.train, "fit", interrupted)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "myrun")]) == 130
+    assert f"captcha train --resume --out {tmp_path / 'myrun'}` continues the run" in capsys.readouterr().err
+    monkeypatch.setattr(captcha.generate, "generate_dataset", interrupted)
+    assert main(["generate", str(tmp_path / "g")]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"

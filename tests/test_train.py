@@ -304,6 +304,35 @@ def test_resume_says_which_given_settings_it_ignores(easy_data, tmp_path, monkey
     fit(TrainConfig(out=str(tmp_path / "run"), resume=True, **{**base, "epochs": 4, "lr": 0.5}), log=messages.append)
     ignored = [m for m in messages if m.startswith("--resume continues")]
     assert len(ignored) == 1 and "epochs=4 (the run's: 1)" in ignored[0] and "lr=0.5" in ignored[0] and "data=" not in ignored[0]
+    messages.clear()  # a value given on the command line is named even where it equals the default
+    fit(TrainConfig(out=str(tmp_path / "run"), resume=True, **{**base, "epochs": 60}), log=messages.append, given={"epochs", "out", "resume"})
+    assert any("epochs=60 (the run's: 1)" in m for m in messages)
+
+
+def test_resuming_an_early_stopped_run_trains_no_more(easy_data, tmp_path):
+    config = TrainConfig(data=str(easy_data), out=str(tmp_path / "run"), epochs=4, patience=1, lr=1e-9, init="none", tta=1,
+                         cache_dir=str(tmp_path / "cache"), batch_size=128)
+    fit(config, **QUIET)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    last = int(rows[-1].split(",")[0])
+    assert last < 4  # stopped early
+    messages: list[str] = []
+    fit(TrainConfig(out=str(tmp_path / "run"), resume=True), log=messages.append)
+    assert (tmp_path / "run" / "metrics.csv").read_text().splitlines() == rows  # no epoch more
+    assert any(f"stopped early at epoch {last}" in m for m in messages)
+
+
+def test_settings_no_run_can_use_are_refused(tiny_data, tmp_path, capsys):
+    for kwargs, message in (({"patience": -1}, "--patience must be 0"), ({"input_size": (0, 130)}, "at least 8 pixels, not 0 130"),
+                            ({"head": "ctc", "length": 5}, "--length does not apply to --head ctc")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**kwargs)
+    assert main(["preview", str(tiny_data), "--count", "0", "--out", str(tmp_path / "p.png")]) == 2
+    assert main(["sweep", "--data", str(tiny_data), "--head", "attention", "--models", "resnet18_mod", "baseline",
+                 "--preprocessors", "gray", "--epochs", "1", "--out", str(tmp_path / "sw")]) == 2
+    err = capsys.readouterr().err
+    assert "--count must be at least 1" in err and "baseline: only --head fixed" in err
+    assert not (tmp_path / "sw" / "resnet18_mod-gray").exists()  # refused before any cell trained
 
 
 def test_a_new_run_over_an_old_one_keeps_the_old_one(easy_data, tmp_path, monkeypatch):
