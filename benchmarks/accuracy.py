@@ -92,7 +92,7 @@ def _parse_changes(items: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--styles", nargs="+", default=list(EVAL_STYLES))
+    parser.add_argument("--styles", nargs="+", default=list(EVAL_STYLES), choices=list(EVAL_STYLES))
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--unlabeled", type=int, default=0, help="also train with this many unlabeled images (pseudo-labels)")

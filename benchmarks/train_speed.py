@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", type=int, nargs="*", help="indices of CONFIGS to run")
     args = parser.parse_args()
+    if args.only is not None and (not args.only or not all(0 <= i < len(CONFIGS) for i in args.only)):
+        parser.error(f"--only takes indices from 0 to {len(CONFIGS) - 1}: " + "; ".join(f"{i}: {name}" for i, (name, _) in enumerate(CONFIGS)))
 
     with tempfile.TemporaryDirectory() as tmp:
         data = default_data_dir()
