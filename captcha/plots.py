@@ -44,6 +44,9 @@ def _line_panel(title: str, series: dict[str, list[float]], size=(420, 560), y_r
         x, _ = to_px(i, lo)
         cv2.putText(img, str(i + 1), (x - 5, h - bottom + 18), _FONT, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
     cv2.putText(img, "epoch", (w // 2 - 20, h - 8), _FONT, 0.45, (60, 60, 60), 1, cv2.LINE_AA)
+    # The legend goes where the curves end up not being: at the bottom when they end high (accuracy).
+    ends = [s[-1] for s in series.values() if s and np.isfinite(s[-1])]
+    legend_top = top + 20 if not ends or np.mean(ends) < (lo + hi) / 2 else h - bottom - 12 - 18 * (len(series) - 1)
     for j, (name, s) in enumerate(series.items()):
         color = _COLORS[j % len(_COLORS)]
         pts = np.array([to_px(i, v) for i, v in enumerate(s) if np.isfinite(v)], np.int32)
@@ -51,7 +54,7 @@ def _line_panel(title: str, series: dict[str, list[float]], size=(420, 560), y_r
             cv2.polylines(img, [pts], False, color, 2, cv2.LINE_AA)
         for p in pts:
             cv2.circle(img, tuple(int(c) for c in p), 3, color, -1, cv2.LINE_AA)
-        cv2.putText(img, name, (w - right - 110, top + 20 + 18 * j), _FONT, 0.5, color, 1, cv2.LINE_AA)
+        cv2.putText(img, name, (w - right - 110, legend_top + 18 * j), _FONT, 0.5, color, 1, cv2.LINE_AA)
     return img
 
 
