@@ -133,11 +133,12 @@ def _train_config(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from captcha import distributed
-    from captcha.train import fit
+    from captcha.train import TrainConfig, fit
 
     distributed.init()
     try:
-        result = fit(_train_config(args), given=set(_given_settings(args)))
+        given = _given_settings(args)
+        result = fit(TrainConfig(**given), given=set(given))
         main_process = distributed.is_main()  # asked before the process group is gone (every rank is 0 after)
     finally:
         distributed.cleanup()

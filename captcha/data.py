@@ -133,7 +133,7 @@ def _listed_samples(folder: Path, csv_labels: dict[str, str], problems: list[tup
         else:
             problems.append((str(folder / name), f"listed in {LABELS_CSV} but missing"))
     listed = {s.path.resolve() for s in samples}
-    unlisted = [p.name for p in list_images(folder) if p.resolve() not in listed]
+    unlisted = [p.name for p in list_images(folder) if p.resolve() not in listed] if folder.is_dir() else []
     if unlisted:
         shown = ", ".join(unlisted[:3]) + (", ..." if len(unlisted) > 3 else "")
         print(f"note: {len(unlisted)} image(s) in {folder} not listed in its {LABELS_CSV} are left out ({shown})", file=sys.stderr)
@@ -219,18 +219,14 @@ def check_labels(samples: list[Sample], alphabet: Alphabet, length: int | None) 
 VARIABLE_LENGTH_SHARE = 0.05
 
 
-def variable_length_hint(labels: list[str], length: int, head: str) -> str | None:
-    """What to do when a set read by a one-length `head` (`length` characters) has many labels of other
-    lengths: a variable-length set wants `--head ctc`, and `--skip-bad` would throw those away.
-    None when the other lengths are only a few stray labels."""
+def length_spread(labels: list[str], length: int) -> str | None:
+    """'105 with 4, 99 with 5, 96 with 6' when many labels are not `length` characters long (a
+    variable-length set, which wants `--head ctc`); None when only a few stray labels are."""
     counts = Counter(len(t) for t in labels)
     others = len(labels) - counts.get(length, 0)
     if others == 0 or others < VARIABLE_LENGTH_SHARE * len(labels):
         return None
-    spread = ", ".join(f"{n} with {k}" for k, n in sorted(counts.items()))
-    return (f"The training labels vary in length ({spread} characters), but the {head} head "
-            f"reads {length} characters. For variable-length CAPTCHAs train with --head ctc; to keep only the "
-            f"{length}-character labels, pass --skip-bad (or --length N for another length).")
+    return ", ".join(f"{n} with {k}" for k, n in sorted(counts.items()))
 
 
 def _default_cache_dir() -> Path:

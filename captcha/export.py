@@ -224,8 +224,10 @@ def export_onnx(
     from captcha.checkpoint import load_model, resolve_checkpoint
     from captcha.tta import read_views
 
-    from torch.onnx._constants import ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
-
+    try:  # torch's own range, from a private module: where a torch lacks it, torch checks the opset itself
+        from torch.onnx._constants import ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    except ImportError:
+        ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET = 1, 10**6
     if not ONNX_MIN_OPSET <= opset <= ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET:
         raise ValueError(f"--opset {opset}: this torch exports opsets {ONNX_MIN_OPSET} to {ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET}")
     if isinstance(verify_images, int) and verify_images < 0:

@@ -29,7 +29,7 @@ from captcha.alphabet import Alphabet
 from captcha.augment import AUGMENT_LEVELS, augment_batch
 from captcha.constants import DEFAULT_MAX_PARAMS, INPUT_SIZE, NORM_MEAN, NORM_STD
 from captcha.data import (LAYOUT_HINT, SKIP_BAD_HINT, DataError, Dataset, Sample, check_labels, load_images, load_splits, split_samples,
-                          variable_length_hint)
+                          length_spread)
 from captcha.decoding import decode
 from captcha.distill import distillation_loss, load_teacher
 from captcha.imageio import list_images
@@ -398,17 +398,20 @@ def prepare_data(config: TrainConfig, data_dir: Path) -> PreparedData:
         images = enc.images if len(keep) == len(enc.samples) else enc.images[keep]
         splits[split] = Dataset(images, [enc.samples[i].label for i in keep], [enc.samples[i].path for i in keep])
     if problems:
-        lengths_hint = variable_length_hint(train_labels, length, config.head) if length is not None and not config.length else None
-        header = f"bad data in {data_dir}" + (" (labels of several lengths: see the last line)" if lengths_hint else "")
-        error = DataError(sorted(problems), header, hint=lengths_hint or SKIP_BAD_HINT)
+        spread = length_spread(train_labels, length) if length is not None and not config.length else None
+        varying = f"The training labels vary in length ({spread} characters), but the {config.head} head reads {length} characters"
+        header = f"bad data in {data_dir}" + (" (labels of several lengths: see the last line)" if spread else "")
+        hint = (f"{varying}. For variable-length CAPTCHAs train with --head ctc; to keep only the {length}-character labels, "
+                f"pass --skip-bad (or --length N for another length).") if spread else SKIP_BAD_HINT
+        error = DataError(sorted(problems), header, hint=hint)
         if not config.skip_bad:
             raise error
         if dist.is_main():
             print("WARNING: " + str(error).splitlines()[0] + " (left out, --skip-bad):")
             for path, reason in sorted(problems)[:50]:
                 print(f"  {path}: {reason}")
-            if lengths_hint:
-                print("WARNING: " + lengths_hint.split(". For ")[0] + f": every label of another length is left out; --head ctc reads them all.")
+            if spread:
+                print(f"WARNING: {varying}: every label of another length is left out; --head ctc reads them all.")
     for split in ("train", "val"):
         if not len(splits[split]):
             raise DataError(sorted(problems), f"no usable {split} images left in {data_dir} after leaving out the bad files (--skip-bad)", hint=None)

@@ -70,13 +70,14 @@ class CaptchaServer:
         self.config = config
         if bool(config.tls_cert) != bool(config.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
-        for flag, value, least in (("--max-batch", config.max_batch, 1), ("--max-queue", config.max_queue, 1)):
-            if value < least:
-                raise ValueError(f"{flag} must be at least {least}, not {value}")
-        for flag, value in (("--max-message-mb", config.max_message_mb), ("--max-delay-ms", config.max_delay_ms + 1e-9),
-                            ("--grace", config.grace_s + 1e-9)):
-            if not value > 0:
-                raise ValueError(f"{flag} must be {'positive' if flag == '--max-message-mb' else 'zero or more'}, not {value:g}")
+        for flag, value in (("--max-batch", config.max_batch), ("--max-queue", config.max_queue)):
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, not {value}")
+        if not config.max_message_mb > 0:
+            raise ValueError(f"--max-message-mb must be positive, not {config.max_message_mb:g}")
+        for flag, value in (("--max-delay-ms", config.max_delay_ms), ("--grace", config.grace_s)):
+            if not value >= 0:
+                raise ValueError(f"{flag} must be zero or more, not {value:g}")
         self.specs = parse_model_args(config.models)
         self.metrics = server_metrics()
         self.engine = Engine(self.metrics, config.workers or (os.cpu_count() or 1), config.max_batch, config.max_delay_ms / 1000.0, config.max_queue,

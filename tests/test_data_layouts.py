@@ -174,3 +174,11 @@ def test_images_a_labels_csv_does_not_list_are_named_as_left_out(tmp_path, capsy
     assert len(scan_folder(tmp_path)) == 2
     err = capsys.readouterr().err
     assert "3 image(s) in" in err and "not listed in its labels.csv are left out (2.png, 3.png, 4.png)" in err
+
+
+def test_a_top_level_labels_csv_without_a_test_folder_is_read(tiny_data, tmp_path):
+    rows = _numbered_copy(tiny_data, tmp_path)
+    shutil.rmtree(tmp_path / "test")
+    (tmp_path / "labels.csv").write_text("filename,label\n" + "\n".join(r for r in rows if not r.startswith("test/")) + "\n")
+    splits = load_splits(tmp_path)
+    assert len(splits["train"]) == 120 and len(splits["val"]) == 40 and splits["test"] == []

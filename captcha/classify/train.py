@@ -15,7 +15,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +182,10 @@ def train_classifier(
     data = load_data(data_dir, tuple(recipe.input_size), channels, recipe.split, recipe.seed, cache_dir, train_size=_load_size(recipe))
     # Scores read every split at the size the model reads (the training images above may be kept
     # larger for random crops): the same images `classify evaluate` reads.
-    scored = data if _load_size(recipe) == tuple(recipe.input_size) else load_data(
-        data_dir, tuple(recipe.input_size), channels, recipe.split, recipe.seed, cache_dir)
+    scored = data
+    if _load_size(recipe) != tuple(recipe.input_size):  # only the training images are read again; val and test are shared
+        train_at_size = load_data(data_dir, tuple(recipe.input_size), channels, recipe.split, recipe.seed, cache_dir).splits["train"]
+        scored = replace(data, splits={**data.splits, "train": train_at_size})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model_args = model_args_for(recipe, len(data.class_names), channels)
