@@ -265,6 +265,9 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
     p.add_argument("--distill-weight", type=float, help=f"share of the distillation loss, with --teacher (default {d.distill_weight})")
     p.add_argument("--distill-temperature", type=float, help=f"softmax temperature, with --teacher (default {d.distill_temperature})")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory layout (default on)")
+    p.add_argument("--plot-format", choices=("png", "svg"), help=f"learning curves and confusion matrix as (default {d.plot_format})")
+    p.add_argument("--tensorboard", nargs="?", const="", metavar="DIR", help="log curves, misread images and settings for "
+                   "TensorBoard in DIR (default OUT/tensorboard); needs the tensorboard extra")
 
 
 def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
