@@ -1,9 +1,10 @@
 """Shipped synthetic pre-training weights, and copying them into a model for a new alphabet.
 
-`captcha/weights/<model>-<preprocess>-<head>.pt` holds compact weights (float16) that
-`captcha pretrain` learned from the generator's pre-training styles (`captcha.generate.MIX`),
-with a 62-symbol alphabet. `captcha train` starts from them by default when they match its model,
-preprocessor and head (`--init pretrained`); `--init none` trains from scratch.
+Each model declares its shipped files where it is registered (`register_model(weights=...)`):
+compact weights (float16) in `captcha/weights/` that `captcha pretrain` learned from the
+generator's pre-training styles (`captcha.generate.MIX`), with a 62-symbol alphabet. `captcha
+train` starts from them by default when they match its model, preprocessor and head (`--init
+pretrained`); `--init none` trains from scratch.
 
 Transfer is by name and by symbol: backbone tensors are copied as they are, and each output row
 of a classifier is copied from the row of the same symbol, so a user's alphabet (any subset of the
@@ -19,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from captcha import checkpoint as ckpt
+from captcha.models import shipped_weights
 
 PRETRAIN_ALPHABET = string.digits + string.ascii_lowercase + string.ascii_uppercase
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -31,17 +33,17 @@ def weights_name(model: str, preprocess: str, head: str) -> str:
 
 
 def find_pretrained(model: str, preprocess: str, head: str) -> Path | None:
-    """The shipped weights for this combination; else those of the same model and preprocessor
-    with another head (the backbone and the per-symbol classifier rows still transfer); else None."""
-    path = WEIGHTS_DIR / weights_name(model, preprocess, head)
-    if path.exists():
-        return path
-    others = sorted(WEIGHTS_DIR.glob(weights_name(model, preprocess, "*")))
-    return others[0] if others else None
+    """The shipped weights declared for this combination; else those of the same model and
+    preprocessor with another head (the backbone and the per-symbol classifier rows still
+    transfer); else None."""
+    declared = [w for _, w in shipped_weights(model) if w.preprocess == preprocess and (WEIGHTS_DIR / w.file).exists()]
+    ranked = sorted(declared, key=lambda w: (w.head != head, w.file))  # this head first, then by file name
+    return WEIGHTS_DIR / ranked[0].file if ranked else None
 
 
 def list_pretrained() -> list[str]:
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
+    """The declared weights files that are shipped, by name without `.pt`."""
+    return sorted(Path(w.file).stem for _, w in shipped_weights() if (WEIGHTS_DIR / w.file).exists())
 
 
 def save_compact(checkpoint_path: str | Path, out: str | Path) -> Path:

@@ -170,3 +170,17 @@ def test_only_classifier_rows_are_remapped_by_symbol(tmp_path):
     assert torch.equal(dst["backbone.stem.0.weight"], src["backbone.stem.0.weight"])  # 16 output channels
     assert torch.equal(dst["head.queries"], src["head.queries"])
     assert torch.equal(dst["head.classifier.weight"][0], src["head.classifier.weight"][15])
+
+
+def test_every_shipped_file_is_declared_where_its_model_is_registered():
+    # `--init pretrained` looks the files up in the registry, timm-style, not by a file-name glob:
+    # each file in captcha/weights/ is declared with its model, and the declaration agrees with
+    # what the file's own meta says it is.
+    from captcha.models import shipped_weights
+
+    declared = shipped_weights()
+    assert {w.file for _, w in declared} == {p.name for p in pretrained.WEIGHTS_DIR.glob("*.pt")}
+    for model, weights in declared:
+        meta = load_checkpoint(pretrained.WEIGHTS_DIR / weights.file)["meta"]
+        assert (meta["model"]["name"], meta["preprocess"], meta["head"]) == (model, weights.preprocess, weights.head)
+        assert pretrained.find_pretrained(model, weights.preprocess, weights.head) == pretrained.WEIGHTS_DIR / weights.file

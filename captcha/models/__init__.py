@@ -1,8 +1,10 @@
-"""Model zoo. Importing this package registers every architecture family."""
+"""Model zoo. Importing this package registers every architecture family: the CAPTCHA
+recognizers (`cnn`, `resnet`, `sepnet`) and the image classifiers (`classifiers`)."""
 
-from captcha.models import cnn, resnet, sepnet  # noqa: F401  (registration side effects)
-from captcha.classify import models as _classify_models  # noqa: F401,E402
-from captcha.models._heads import HEAD_TYPES, Recognizer
-from captcha.models._registry import count_parameters, create_model, list_models, register_model, supports_head
+from captcha.models import classifiers, cnn, resnet, sepnet  # noqa: F401  (registration side effects)
+from captcha.models._heads import HEAD_TYPES, AttentionHeads, CTCHead, PooledHeads, Recognizer, set_backbone_trainable
+from captcha.models._registry import (ShippedWeights, count_parameters, create_model, list_models, register_model, shipped_weights,
+                                      supports_head)
 
-__all__ = ["HEAD_TYPES", "Recognizer", "count_parameters", "create_model", "list_models", "register_model", "supports_head"]
+__all__ = ["HEAD_TYPES", "AttentionHeads", "CTCHead", "PooledHeads", "Recognizer", "ShippedWeights", "count_parameters",
+           "create_model", "list_models", "register_model", "set_backbone_trainable", "shipped_weights", "supports_head"]

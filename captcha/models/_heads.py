@@ -93,3 +93,9 @@ class Recognizer(nn.Module):
             return self.head(self.backbone(x))
         views = shifted_views(x, self.test_shifts)
         return average_readings(self.head(self.backbone(views)), len(self.test_shifts))
+
+
+def set_backbone_trainable(model: Recognizer, trainable: bool) -> None:
+    """Freeze (or unfreeze) every backbone parameter; the head stays trainable."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(trainable)

@@ -7,7 +7,7 @@ from torchvision.models import resnet18 as tv_resnet18
 from torchvision.models.resnet import BasicBlock
 
 from captcha.models._heads import Recognizer, make_head
-from captcha.models._registry import register_model
+from captcha.models._registry import ShippedWeights, register_model
 
 
 class ResNetBody(nn.Module):
@@ -71,7 +71,7 @@ def resnet18(num_classes: int, length: int = 4, in_channels: int = 3, head: str 
     return Recognizer(body, make_head(head, body.out_features, num_classes, length))
 
 
-@register_model
+@register_model(weights=(ShippedWeights("resnet18_mod-gray-attention.pt", preprocess="gray", head="attention"),))
 def resnet18_mod(
     num_classes: int, length: int = 4, in_channels: int = 3, head: str = "fixed", widths: tuple[int, ...] = (16, 16, 16, 32, 32)
 ) -> Recognizer:

@@ -5,9 +5,9 @@ only 16-32 channels, and its stem shrinks a 50 x 130 image four times before the
 thin, warped glyphs reach the heads as 17 columns of 32 features. A depthwise 3 x 3 plus a
 pointwise 1 x 1 costs about 9C + C^2 parameters instead of 9C^2, which buys three to four times
 the width for the same budget; the stem halves the image once, and the last two stages halve the
-height only, so the position-aware heads see 33 columns of 112 features. On the held-out
-`eval-scriptc` style, from scratch, 30 epochs (`benchmarks/architectures.py`): 66.9%
-whole-string against 44.1% for `resnet18_mod` (same head, preprocessor and recipe).
+height only, so the position-aware heads see 33 columns of 112 features. On a held-out style it
+reads far more CAPTCHAs than `resnet18_mod` with the same head, preprocessor and recipe
+(`benchmarks/architectures.py`; the figures are in docs/recipe-choices.md).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from captcha.models._heads import Recognizer, make_head
-from captcha.models._registry import register_model
+from captcha.models._registry import ShippedWeights, register_model
 
 Stride = int | tuple[int, int]
 
@@ -69,7 +69,7 @@ class SepNetBody(nn.Module):
         return self.stages(self.stem(x))
 
 
-@register_model
+@register_model(weights=(ShippedWeights("sepnet-gray-attention.pt", preprocess="gray", head="attention"),))
 def sepnet(num_classes: int, length: int = 4, in_channels: int = 1, head: str = "attention") -> Recognizer:
     """Depthwise-separable residual net, ~85K parameters at 62 symbols: the default recognizer."""
     body = SepNetBody(in_channels)

@@ -1,4 +1,4 @@
-"""Image classifiers in the project's model registry: `mlp`, `cnn`, `resnet18_cls`, `resnet50`.
+"""Image classifiers in the model registry: `mlp`, `cnn`, `resnet18_cls`, `resnet50`.
 
 Every classifier is `Recognizer(backbone, head)` with one head, so it returns logits [B, 1, K] and
 shares training, export and serving with the CAPTCHA recognizers. The backbone starts with a
@@ -24,6 +24,8 @@ import torchvision.models as tvm
 from captcha.models._heads import PooledHeads, Recognizer
 from captcha.models._registry import register_model
 
+# A classifier's checkpoint normalisation: pixels / 255; the per-channel mean/std live in the model.
+META_MEAN, META_STD = 0.0, 1.0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ACTIVATIONS = ("relu", "sigmoid", "softmax")
@@ -268,12 +270,6 @@ def load_pretrained(model: Recognizer, model_name: str, path: str | Path) -> lis
                          f"unfilled ({example}...); is it a {model_name} state dict?")
     net.load_state_dict(fitting, strict=False)
     return sorted(set(state) - set(fitting))
-
-
-def set_backbone_trainable(model: Recognizer, trainable: bool) -> None:
-    """Freeze (or unfreeze) every backbone parameter; the head stays trainable."""
-    for p in model.backbone.parameters():
-        p.requires_grad_(trainable)
 
 
 def penultimate_layer(model: Recognizer) -> nn.Linear:
