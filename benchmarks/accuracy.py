@@ -44,7 +44,8 @@ from _machine import describe  # noqa: E402
 
 from captcha.generate import EVAL_STYLES, GeneratorConfig, generate_dataset  # noqa: E402
 from captcha.sweep import markdown_table, run_grid  # noqa: E402
-from captcha.train import TrainConfig, default_data_dir, fit  # noqa: E402
+from captcha.recognition_data import default_data_dir  # noqa: E402
+from captcha.train import TrainConfig, fit  # noqa: E402
 
 ALPHABET_36 = string.digits + string.ascii_lowercase
 DATA_SEED = 123  # every evaluation set is drawn with this seed (legibility.py reads the same test images)

@@ -27,12 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import captcha.classify  # noqa: E402,F401
 from captcha.classify.recipes import build_recipe  # noqa: E402
 from captcha.classify.shapes import write_shapes  # noqa: E402
 from captcha.classify.svm import svm_compare  # noqa: E402
 from captcha.classify.sweep import format_markdown, run_sweep  # noqa: E402
-from captcha.classify.train import evaluate_run, train_classifier  # noqa: E402
+from captcha.classify.evaluate import evaluate_run  # noqa: E402
+from captcha.classify.train import train_classifier  # noqa: E402
 
 
 
@@ -71,9 +71,9 @@ def write_digits(root: Path, test: int = 297) -> Path:
 def _row(report: str, what: str, data_name: str, run: Path, data: Path, result) -> str:
     m = evaluate_run(run, data, device="cpu")
     held = m["split"]
-    tr = result.metrics["train"]
+    tr = result.scores["train"]
     return (f"| {report} | {what} | {data_name} | {tr['top1'] * 100:.1f}% | {m['top1'] * 100:.1f}% ({held}) | "
-            f"{m['top3'] * 100:.1f}% | {m['f1_macro']:.3f} | {result.seconds:.0f} |")
+            f"{m['top3'] * 100:.1f}% | {m['f1_macro']:.3f} | {result.train_seconds:.0f} |")
 
 
 def main() -> int:
@@ -121,7 +121,7 @@ def main() -> int:
 
     print(f"Machine: {_cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU only. "
           f"Total {time.perf_counter() - started:.0f}s.\n")
-    print("| report | recipe / setting | data (train/val/test) | train top-1 | held-out top-1 | held-out top-3 | macro F1 | time (s) |")
+    print("| report | recipe / setting | data (train/val/test) | train top-1 | held-out top-1 | held-out top-3 | macro F1 | training (s) |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
     print("\nSVM (RBF, gamma='scale') on penultimate features vs the network's own head (held-out top-1):\n")

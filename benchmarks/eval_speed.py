@@ -9,7 +9,7 @@ machine: for each number of test-time views and each number of images a pass, th
 image (a forward pass carries every view of its images: five views of 32 images are 160) with the
 weights in the channels-last layout (NHWC: how `fit` trains and `load_model` now loads them) and
 in PyTorch's default one (NCHW: how `load_model` loaded them before), and which batch
-`captcha.train.eval_batch` picks on this device (before it, every pass read 512 images,
+`captcha.runtime.eval_batch` picks on this device (before it, every pass read 512 images,
 whatever the views). The best of `--repeats` passes is
 kept, so a neighbour's burst of work on a shared machine counts less. The weights do not change
 the work, so the default model is read with freshly initialised weights.
@@ -31,7 +31,9 @@ import torch  # noqa: E402
 from captcha import checkpoint as ckpt  # noqa: E402
 from captcha.models import create_model  # noqa: E402
 from captcha.preprocess import get_preprocessor  # noqa: E402
-from captcha.train import TrainConfig, default_data_dir, eval_batch, predict_logits, prepare_data, resolve_device  # noqa: E402
+from captcha.runtime import eval_batch, predict_logits, resolve_device  # noqa: E402
+from captcha.recognition_data import default_data_dir, prepare_data  # noqa: E402
+from captcha.train import TrainConfig  # noqa: E402
 from captcha.tta import read_views  # noqa: E402
 
 

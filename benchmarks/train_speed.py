@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import describe  # noqa: E402
 
-from captcha.train import TrainConfig, default_data_dir, fit, prepare_data  # noqa: E402
+from captcha.recognition_data import default_data_dir, prepare_data  # noqa: E402
+from captcha.train import TrainConfig, fit  # noqa: E402
 
 CONFIGS = [
     ("resnet18_mod, attention head", dict()),

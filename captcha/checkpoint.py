@@ -131,10 +131,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def load_model(path: str | Path, device: str | torch.device = "cpu", channels_last: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from a checkpoint's meta and load its weights; returns (model.eval(), meta).
 
-    `channels_last` lays the weights out as training does (NHWC): on a CPU that layout reads
-    up to 2.3x faster than PyTorch's default one, and faster at every five-view pass size
-    (benchmarks/eval_speed.py). Export asks for the default layout, which the ONNX graph is
-    traced in."""
+    `channels_last` lays the weights out as training does (NHWC), which a CPU reads faster than
+    PyTorch's default layout (benchmarks/eval_speed.py; docs/recipe-choices.md). Export asks for
+    the default layout, which the ONNX graph is traced in."""
     ckpt = load_checkpoint(path, map_location=device)
     model = build_model(ckpt["meta"])
     model.load_state_dict(ckpt["model_state"])

@@ -229,7 +229,8 @@ def length_spread(labels: list[str], length: int) -> str | None:
     return ", ".join(f"{n} with {k}" for k, n in sorted(counts.items()))
 
 
-def _default_cache_dir() -> Path:
+def default_cache_dir() -> Path:
+    """Where decoded datasets are cached: $XDG_CACHE_HOME/captchakit, else ~/.cache/captchakit."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "captchakit"
 
@@ -265,18 +266,11 @@ def load_images(
     (which ones, and why), so a `--skip-bad` rerun reports them again without decoding anything.
     """
     paths = [s.path for s in samples]
-    payloads: list[bytes] = []
-    problems: list[tuple[str, str]] = []
-    for p in paths:
-        try:
-            payloads.append(p.read_bytes())
-        except OSError as exc:
-            payloads.append(b"")
-            problems.append((str(p), f"cannot read file ({exc.strerror})"))
+    payloads, problems = _read_files(paths)
     cache_file = None
     if cache_dir is not False:
         key = _cache_key(payloads, paths, preprocessor, size)
-        cache_file = Path(cache_dir or _default_cache_dir()) / f"{key}.npz"
+        cache_file = Path(cache_dir or default_cache_dir()) / f"{key}.npz"
         if problems:  # a file that cannot be read is never cached or looked up (its bytes are unknown)
             cache_file = None
         elif cache_file.exists():
@@ -309,13 +303,31 @@ def load_images(
     h, w = size
     images = np.stack(kept_images) if kept_images else np.zeros((0, prep.channels, h, w), np.uint8)
     if cache_file is not None:
-        kept = np.array([not isinstance(r, str) for r in results], bool)
-        reasons = np.array([r if isinstance(r, str) else "" for r in results], str)
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")  # one per process: ranks may race
-        np.savez(tmp, images=images, kept=kept, reasons=reasons)
-        os.replace(tmp, cache_file)
+        _write_cache(cache_file, images, results)
     return EncodedImages(images, kept_samples, problems)
+
+
+def _read_files(paths: list[Path]) -> tuple[list[bytes], list[tuple[str, str]]]:
+    """Every file's bytes (empty for one that cannot be read), and the ones that could not be."""
+    payloads: list[bytes] = []
+    problems: list[tuple[str, str]] = []
+    for p in paths:
+        try:
+            payloads.append(p.read_bytes())
+        except OSError as exc:
+            payloads.append(b"")
+            problems.append((str(p), f"cannot read file ({exc.strerror})"))
+    return payloads, problems
+
+
+def _write_cache(cache_file: Path, images: np.ndarray, results: list[np.ndarray | str]) -> None:
+    """The decoded images, and which files did not decode and why, written atomically."""
+    kept = np.array([not isinstance(r, str) for r in results], bool)
+    reasons = np.array([r if isinstance(r, str) else "" for r in results], str)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")  # one per process: ranks may race
+    np.savez(tmp, images=images, kept=kept, reasons=reasons)
+    os.replace(tmp, cache_file)
 
 
 def _cached_images(cache_file: Path, samples: list[Sample], problems: list[tuple[str, str]]) -> EncodedImages:

@@ -49,7 +49,7 @@ def load_teacher(
             raise TeacherMismatchError(f"--teacher {where}: {name} is {got}, the student needs {want}")
     for p in model.parameters():
         p.requires_grad_(False)
-    read_views(model, 1)  # the teacher reads every training batch: test-time views would cost 5x
+    read_views(model, 1)  # the teacher reads every training batch: test-time views would multiply that work
     return model.eval()
 
 

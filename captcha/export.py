@@ -127,23 +127,17 @@ def _class_tree_files(folder: Path, count: int) -> list[Path]:
 def _mnist_images(root: Path, count: int, workdir: Path) -> list[Path]:
     """The first `count` MNIST test (else train) images written as PNGs, so they take the same
     decode + preprocess path as every served image."""
-    from captcha.classify.data import _MNIST_FILES, _read_idx, find_mnist
+    from captcha.classify.data import first_mnist_images
     from captcha.imageio import write_image
 
-    folder = find_mnist(root)
-    if folder is None:
+    images = first_mnist_images(root, count)
+    if images is None:
         return []
-    for split in ("test", "train"):
-        try:
-            images = _read_idx(folder, _MNIST_FILES[split][0])[:count].numpy()
-        except FileNotFoundError:
-            continue
-        workdir.mkdir(parents=True, exist_ok=True)
-        paths = [workdir / f"mnist_{split}_{i:05d}.png" for i in range(len(images))]
-        for path, image in zip(paths, images):
-            write_image(path, image)
-        return paths
-    return []
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = [workdir / f"mnist_{i:05d}.png" for i in range(len(images))]
+    for path, image in zip(paths, images):
+        write_image(path, image)
+    return paths
 
 
 def verification_images(meta: dict[str, Any], count: int, workdir: Path) -> list[Path]:

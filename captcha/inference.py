@@ -16,12 +16,12 @@ import torch.nn as nn
 
 from captcha.alphabet import Alphabet
 from captcha.checkpoint import load_model
-from captcha.data import LAYOUT_HINT, SPLITS, DataError, check_labels, has_split_folders, load_images, load_splits, scan_folder
+from captcha.data import LAYOUT_HINT, SPLITS, DataError, Sample, check_labels, has_split_folders, load_images, load_splits, scan_folder
 from captcha.decoding import Prediction, decode, label_smoothing_of
 from captcha.imageio import decode_image
 from captcha.metrics import confused_pairs, per_char_accuracy, sequence_accuracy
 from captcha.preprocess import get_preprocessor
-from captcha.train import loss_fn, predict_logits, resolve_device
+from captcha.runtime import encode_labels, loss_fn, predict_logits, resolve_device
 from captcha.tta import read_views
 
 
@@ -62,6 +62,25 @@ def _trained_on(meta: dict[str, Any], folder: Path) -> bool:
     return bool(data) and Path(data).resolve() == folder.resolve()
 
 
+def _samples_to_score(meta: dict[str, Any], root: Path, split: str | None, problems: list[tuple[str, str]]) -> tuple[list[Sample], Path | str]:
+    """The labeled images to score and where they are: a split folder (`test/` by default), the
+    held-out part of the run's own flat folder, or a folder as it is."""
+    if has_split_folders(root):
+        split = split or ("test" if (root / "test").is_dir() else "val")
+        folder = root / split
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such data folder")
+        return load_splits(root, problems=problems, require_train=False)[split], folder  # a labels.csv at the top labels the splits too
+    if _trained_on(meta, root):  # the run's own flat folder: score its held-out part, not what it trained on
+        split = split or "test"
+        if split not in SPLITS:
+            raise ValueError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+        seed = (meta.get("config") or {}).get("seed", 0)
+        return load_splits(root, seed=seed, problems=problems)[split], f"{root} ({split} part of the run's seeded 80/10/10 split)"
+    folder = root / split if split else root
+    return scan_folder(folder, problems), folder
+
+
 def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None, device: str = "auto", skip_bad: bool = False,
                     tta: int | None = None) -> dict[str, Any]:
     """Accuracy of a trained run on a labeled folder (its `test/` split when it has one); `tta`
@@ -72,24 +91,8 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     if tta is not None:
         read_views(predictor.model, tta)
     meta = predictor.meta
-    root = Path(data)
     problems: list[tuple[str, str]] = []
-    if has_split_folders(root):
-        split = split or ("test" if (root / "test").is_dir() else "val")
-        folder = root / split
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such data folder")
-        samples = load_splits(root, problems=problems, require_train=False)[split]  # a labels.csv at the top labels the splits too
-    elif _trained_on(meta, root):  # the run's own flat folder: score its held-out part, not what it trained on
-        split = split or "test"
-        if split not in SPLITS:
-            raise ValueError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
-        seed = (meta.get("config") or {}).get("seed", 0)
-        samples = load_splits(root, seed=seed, problems=problems)[split]
-        folder = f"{root} ({split} part of the run's seeded 80/10/10 split)"
-    else:
-        folder = root / split if split else root
-        samples = scan_folder(folder, problems)
+    samples, folder = _samples_to_score(meta, Path(data), split, problems)
     if not samples and not problems:
         raise DataError([(str(folder), "no labeled images found")], f"nothing to evaluate in {folder}", hint=LAYOUT_HINT)
     alphabet = Alphabet(meta["alphabet"])
@@ -106,9 +109,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     logits = predictor.logits(encoded.images)
     texts = [p.text for p in predictor.decode(logits)]
     width = meta["length"] or max((len(t) for t in labels), default=1)
-    targets = torch.full((len(labels), width), -1, dtype=torch.long)
-    for i, t in enumerate(labels):
-        targets[i, : len(t)] = torch.tensor(alphabet.encode(t))
+    targets = encode_labels(labels, alphabet, width)
     loss = loss_fn(torch.from_numpy(logits), targets, meta.get("head", "fixed")).item() if labels else float("nan")
     return {
         "run": str(run),

@@ -4,12 +4,14 @@
 
 Draws `--images` CAPTCHAs of the `mix` pseudo-style (every image recombines the pre-training
 styles' fonts, colours, distortion and noise, with every glyph stretched and elastically bent
-by a random amount; the held-out evaluation styles never appear; with `--fonts`, 60% of the images
-write in 1-3 TrueType / OpenType fonts found under those paths instead, `captcha.fonts`) with
-the 62-symbol `PRETRAIN_ALPHABET`, trains the model on them with the regular training loop
-(`captcha.train.fit`, strong augmentation), and writes the best weights as float16 to
-`captcha/weights/<model>-<preprocess>-<head>.pt`, where `captcha train --init pretrained` finds
-them. The generated set and the full run stay in `--work-dir` (resumable with --resume).
+by a random amount; the held-out evaluation styles never appear; with `--fonts`, a share of the
+images (`captcha.generate.FONT_FILE_SHARE`) write in 1-3 TrueType / OpenType fonts found under
+those paths instead, `captcha.fonts`) with the 62-symbol `PRETRAIN_ALPHABET`, trains the model on
+them with the regular training loop (`captcha.train.fit`, strong augmentation), and writes the
+best weights as float16 to `captcha/weights/<model>-<preprocess>-<head>.pt`. `captcha train
+--init pretrained` starts from the files a model declares where it is registered
+(`register_model(weights=...)`): a new file is declared there once. The generated set and the
+full run stay in `--work-dir` (resumable with --resume).
 `--init pretrained` continues from the shipped weights (or `--init CKPT` from any checkpoint)
 instead of starting at random: more pre-training epochs without paying again for the first ones.
 """
@@ -22,29 +24,39 @@ from pathlib import Path
 from typing import Callable
 
 from captcha import pretrained
+from captcha.augment import AUGMENT_LEVELS
 from captcha.checkpoint import BEST
 from captcha.constants import DEFAULT_LENGTH
+from captcha.generate import FONT_FILE_SHARE
+from captcha.models import HEAD_TYPES, list_models, shipped_weights
+from captcha.options import add_options, given_values, option
+from captcha.preprocess import list_preprocessors
+from captcha.runtime import DEVICES
 
 
 @dataclass
 class PretrainConfig:
-    model: str = "sepnet"
-    preprocess: str = "gray"
-    head: str = "attention"
-    images: int = 40000
-    val_images: int = 2000
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-4  # the first run from random weights; the shipped file continued at lr 1e-2, 0.05 (README)
-    augment: str = "strong"
-    seed: int = 0
-    device: str = "auto"
-    work_dir: str = "runs/pretrain"
-    out: str | None = None  # default: the package's weights folder
-    resume: bool = False
-    init: str = pretrained.SCRATCH  # none (random) | pretrained (continue from the shipped weights) | a checkpoint
-    fonts: tuple[str, ...] = ()  # font files or folders the mix style also writes in (captcha.fonts.find_fonts)
+    """Everything that defines a pre-training run; each field is also a `captcha pretrain` flag."""
+
+    model: str = option("sepnet", "architecture", choices=lambda: list_models("recognition"))
+    preprocess: str = option("gray", "preprocessor", choices=list_preprocessors)
+    head: str = option("attention", "head type", choices=HEAD_TYPES)
+    images: int = option(40000, "synthetic training images")
+    val_images: int = option(2000, "synthetic validation images")
+    epochs: int = option(20, "passes over the synthetic set")
+    batch_size: int = option(128, "images per optimizer step")
+    lr: float = option(3e-3, "peak learning rate")
+    weight_decay: float = option(1e-4, "decay of the first run from random weights; the shipped file continued at lr 1e-2 and 0.05 "
+                                 "(README, Synthetic pre-training)")
+    augment: str = option("strong", "random augmentation on the training device", choices=AUGMENT_LEVELS)
+    seed: int = option(0, "seed of the drawn set and of training")
+    device: str = option("auto", "where to train (auto: CUDA when available)", choices=DEVICES, check=False)
+    work_dir: str = option("runs/pretrain", "generated set and full run")
+    out: str | None = option(None, "weights file (default captcha/weights/<model>-<preprocess>-<head>.pt)")
+    resume: bool = option(False, "continue an interrupted pre-training run")
+    init: str = option(pretrained.SCRATCH, "none (random) | pretrained (continue from the shipped weights) | a checkpoint")
+    fonts: tuple[str, ...] = option((), "TrueType/OpenType files or folders (e.g. /usr/share/fonts): "
+                                    f"{FONT_FILE_SHARE:.0%} of the images also write in these", metavar="PATH")
 
 
 def _font_files(config: PretrainConfig, log: Callable[[str], None]) -> tuple[tuple[str, ...], str]:
@@ -90,18 +102,19 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path
     pretrained.save_compact(result.run_dir / BEST, out)
     log(f"Wrote pre-trained weights ({out.stat().st_size / 1024:.0f} KiB, val whole-string "
         f"{result.val['sequence_accuracy'] * 100:.2f}% on the synthetic set) to {out}")
+    declared = {w.file for _, w in shipped_weights(config.model)}
+    if out.resolve().parent == pretrained.WEIGHTS_DIR and out.name not in declared:
+        log(f"`captcha train --init pretrained` starts from it once it is declared where {config.model} is registered: "
+            f"weights=(ShippedWeights({out.name!r}, preprocess={config.preprocess!r}, head={config.head!r}),)")
     return out
 
 
 def _cmd_pretrain(args) -> int:
     from captcha import distributed
 
-    values = {k: v for k, v in vars(args).items() if k in PretrainConfig.__dataclass_fields__ and v is not None}
-    if "fonts" in values:
-        values["fonts"] = tuple(values["fonts"])
     distributed.init()
     try:
-        pretrain(PretrainConfig(**values))
+        pretrain(PretrainConfig(**given_values(args, PretrainConfig)))
     finally:
         distributed.cleanup()
     return 0
@@ -109,26 +122,6 @@ def _cmd_pretrain(args) -> int:
 
 def register(sub) -> None:
     """Add `captcha pretrain` to the CLI."""
-    from captcha.models import HEAD_TYPES, list_models
-    from captcha.preprocess import list_preprocessors
-
-    d = PretrainConfig()
     p = sub.add_parser("pretrain", help="make the shipped synthetic pre-training weights (captcha/weights/)")
-    p.add_argument("--model", choices=list_models("recognition"), help=f"default {d.model}")
-    p.add_argument("--preprocess", choices=list_preprocessors(), help=f"default {d.preprocess}")
-    p.add_argument("--head", choices=HEAD_TYPES, help=f"default {d.head}")
-    p.add_argument("--images", type=int, help=f"synthetic training images (default {d.images})")
-    p.add_argument("--val-images", type=int, help=f"default {d.val_images}")
-    p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
-    p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    p.add_argument("--lr", type=float, help=f"default {d.lr}")
-    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
-    p.add_argument("--augment", choices=("none", "light", "strong"), help=f"default {d.augment}")
-    p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
-    p.add_argument("--work-dir", help=f"generated set and full run (default {d.work_dir})")
-    p.add_argument("--out", help="weights file (default captcha/weights/<model>-<preprocess>-<head>.pt)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted pre-training run")
-    p.add_argument("--init", help="none (default: random) | pretrained (continue from the shipped weights) | a checkpoint")
-    p.add_argument("--fonts", nargs="+", metavar="PATH", help="TrueType/OpenType files or folders (e.g. /usr/share/fonts): 60%% of the images also write in these")
+    add_options(p, PretrainConfig)
     p.set_defaults(func=_cmd_pretrain)

@@ -1,15 +1,57 @@
-"""The course report's grid: every model x every preprocessor, one table."""
+"""Sweeps: train a list of settings one after the other and tabulate them (`run_cells`, shared
+by both tasks); the course report's grid, every model x every preprocessor, one table."""
 
 from __future__ import annotations
 
 import csv
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from captcha.constants import DEFAULT_MAX_PARAMS
 from captcha.models import list_models, supports_head
+from captcha.options import option
 from captcha.preprocess import list_preprocessors
-from captcha.train import TrainConfig, fit
+from captcha.tasks import Task
+from captcha.train import RunResult, TrainConfig, fit
+
+@dataclass
+class GridConfig:
+    """`captcha sweep`'s own options; its training options are TrainConfig's."""
+
+    models: tuple[str, ...] = option(default_factory=lambda: tuple(list_models("recognition")), help="recognizers to train",
+                                     choices=lambda: list_models("recognition"))
+    preprocessors: tuple[str, ...] = option(("original", "denoise", "denoise2"), "preprocessors to train each of them with",
+                                            choices=list_preprocessors)
+    out: str = option("runs/sweep", "folder for the runs and sweep.md / sweep.csv")
+
+
+@dataclass
+class Cell:
+    """One setting of a sweep: what to train, and the table row its result makes. Cells with the
+    same `tag` are one run, trained once."""
+
+    tag: str
+    banner: str  # logged before the run trains
+    config: TrainConfig | Task
+    row: Callable[[RunResult], dict[str, Any]]
+
+
+def run_cells(cells: list[Cell], log=print, on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Train every cell (once per tag) with `captcha.train.fit`; one row per cell, in order.
+    `on_row` sees the rows so far after each, so a table on disk grows as the sweep goes."""
+    done: dict[str, RunResult] = {}
+    rows: list[dict] = []
+    for cell in cells:
+        if cell.tag not in done:
+            log(cell.banner)
+            done[cell.tag] = fit(cell.config, log=log)
+        rows.append(cell.row(done[cell.tag]))
+        if on_row is not None:
+            on_row(rows)
+    return rows
+
 
 COLUMNS = ["model", "preprocess", "parameters", "char1", "char2", "char3", "char4", "per_char_mean", "sequence", "train_seconds", "s_per_epoch", "epochs_run", "head"]
 NO_BUDGET = 10**12  # the grid trains the course's 5M-13M parameter models too, marked "over 1M"
@@ -42,24 +84,25 @@ def run_sweep(base: TrainConfig, models: list[str], preprocessors: list[str], ou
                          f"drop {'them' if len(unable) > 1 else 'it'} from --models, or sweep with --head fixed")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    cells = []
     for model in models:
         for prep in preprocessors:
             config = replace(base, model=model, preprocess=prep, out=str(out_dir / f"{model}-{prep}"))
-            log(f"=== {model} x {prep} ===")
-            result = fit(config, log=log)
-            scores = result.test or result.val
-            per_char = scores["per_char_accuracy"]
-            epochs_run = _epochs_in(Path(config.out) / "metrics.csv")
-            rows.append({
-                "model": model, "preprocess": prep, "parameters": result.parameters,
-                **{f"char{i + 1}": per_char[i] if i < len(per_char) else "" for i in range(4)},
-                "per_char_mean": sum(per_char) / len(per_char), "sequence": scores["sequence_accuracy"],
-                "train_seconds": round(result.train_seconds, 1), "s_per_epoch": round(result.train_seconds / epochs_run, 2),
-                "epochs_run": epochs_run, "head": base.head,
-            })
-            write_tables(rows, out_dir)
-    return rows
+            cells.append(Cell(config.out, f"=== {model} x {prep} ===", config, lambda result, m=model, p=prep: _grid_row(m, p, base.head, result)))
+    return run_cells(cells, log, on_row=lambda rows: write_tables(rows, out_dir))
+
+
+def _grid_row(model: str, prep: str, head: str, result: RunResult) -> dict:
+    scores = result.test or result.val
+    per_char = scores["per_char_accuracy"]
+    epochs_run = _epochs_in(result.run_dir / "metrics.csv")
+    return {
+        "model": model, "preprocess": prep, "parameters": result.parameters,
+        **{f"char{i + 1}": per_char[i] if i < len(per_char) else "" for i in range(4)},
+        "per_char_mean": sum(per_char) / len(per_char), "sequence": scores["sequence_accuracy"],
+        "train_seconds": round(result.train_seconds, 1), "s_per_epoch": round(result.train_seconds / epochs_run, 2),
+        "epochs_run": epochs_run, "head": head,
+    }
 
 
 def _epochs_in(metrics_csv: Path) -> int:

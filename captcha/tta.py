@@ -2,9 +2,9 @@
 
 A compact CNN that halves its input with strided convolutions reads an image shifted by one
 pixel a little differently; where it hesitates between two symbols, the shifted readings
-disagree, and their average is right more often than any one of them. On the held-out
-`eval-scriptc` style, five views (the image, and the image moved one pixel left, right, up and
-down) read 3-5 points more whole CAPTCHAs than one view, for five times the inference work.
+disagree, and their average is right more often than any one of them. Five views (the image,
+and the image moved one pixel left, right, up and down) read more whole CAPTCHAs of a held-out
+style than one view, for five times the inference work (docs/recipe-choices.md has the figures).
 
 The views are built inside the model's forward pass (in eval mode only), so evaluation,
 prediction, ONNX export and the gRPC server all read the same way; training never does.

@@ -7,7 +7,8 @@ import pytest
 import captcha.data
 from captcha.alphabet import Alphabet, LabelError
 from captcha.data import DataError, load_images, load_splits, scan_folder
-from captcha.train import TrainConfig, prepare_data
+from captcha.recognition_data import prepare_data
+from captcha.train import TrainConfig
 
 
 def _write(path, seed=0):

@@ -9,7 +9,8 @@ import pytest
 from captcha.cli import main
 from captcha.data import DataError, load_splits, scan_folder
 from captcha.inference import evaluate_folder
-from captcha.train import TrainConfig, fit, prepare_data
+from captcha.recognition_data import prepare_data
+from captcha.train import TrainConfig, fit
 
 
 def _write(path, seed=0):

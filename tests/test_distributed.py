@@ -69,3 +69,22 @@ def test_torchrun_ranks_share_one_shuffle_and_take_disjoint_halves(easy_data, tm
     assert len(ranks[0]) == len(ranks[1]) == 2  # one shard per epoch
     for mine, theirs in zip(*ranks):
         assert not mine & theirs and len(mine | theirs) == 600
+
+
+@pytest.mark.slow
+def test_torchrun_trains_a_classifier_as_one_run(tmp_path):
+    # The classification track runs through the same trainer: under torchrun each rank takes half
+    # of every epoch, rank 0 alone logs and writes the run files, and every image counts once.
+    from captcha.classify.shapes import write_shapes
+
+    shapes = write_shapes(tmp_path / "shapes", per_class=8, size=32)  # 40 images: 32 train, 8 val
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "captcha", "classify", "train",
+           "--data", str(shapes), "--out", str(tmp_path / "run"), "--model", "cnn", "--input-size", "16", "16", "--epochs", "2",
+           "--batch-size", "8", "--device", "cpu", "--no-cache"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sum(line.startswith("[train] epoch") for line in done.stdout.splitlines()) == 2
+    written = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert written == ["best.pt", "confusion_matrix.png", "last.pt", "learning_curves.png", "metrics.csv", "metrics.json"]
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[1:3] for row in rows] == [["train", "32"], ["val", "8"]] * 2

@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from captcha import train
+from captcha import pseudo_labels
 from captcha.checkpoint import load_checkpoint
 from captcha.data import DataError
-from captcha.train import TrainConfig, fit, load_unlabeled, pseudo_label
+from captcha.recognition_data import load_unlabeled
+from captcha.pseudo_labels import pseudo_label
+from captcha.train import TrainConfig, fit
 
 
 class _FixedLogits(nn.Module):
@@ -83,7 +85,7 @@ def test_training_with_unlabeled_images_adds_pseudo_labels(trained_run, easy_dat
 
 
 def test_an_interrupted_run_with_pseudo_labels_resumes_to_the_same_result(trained_run, easy_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "PSEUDO_REFRESHES", 2)  # 6 epochs: the pool is labeled at epochs 3 and 5
+    monkeypatch.setattr(pseudo_labels, "PSEUDO_REFRESHES", 2)  # 6 epochs: the pool is labeled at epochs 3 and 5
     from captcha.generate import GeneratorConfig, generate_dataset
 
     data = tmp_path / "data"  # a quarter of easy_data's size, the same kind of CAPTCHA: three short runs

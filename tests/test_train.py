@@ -7,7 +7,9 @@ import torch
 from captcha.checkpoint import load_checkpoint, load_model
 from captcha.cli import main
 from captcha.inference import Predictor, evaluate_folder
-from captcha.train import ParameterBudgetError, TrainConfig, fit, loss_fn
+from captcha.runtime import loss_fn
+from captcha.recognition import ParameterBudgetError
+from captcha.train import TrainConfig, fit
 
 QUIET = {"log": lambda s: None}
 
@@ -167,7 +169,7 @@ def test_ctc_head_trains_on_variable_length_labels(tmp_path):
 
 
 def test_inputs_too_wide_for_the_attention_head_are_refused_and_short_ctc_outputs_named(tiny_data, tmp_path):
-    from captcha.train import ctc_columns_needed
+    from captcha.recognition import ctc_columns_needed
 
     config = TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), epochs=1, input_size=(50, 260), cache_dir=str(tmp_path / "c"))
     with pytest.raises(ValueError, match="attention head reads at most 64; use a width of at most 256, or --head ctc"):
@@ -234,25 +236,31 @@ def test_confidences_are_reported_on_the_unsmoothed_scale(trained_run):
 
 
 def test_augment_views_reads_each_image_in_independent_copies(monkeypatch):
-    import captcha.train as train_mod
+    import captcha.recognition as recognition
     from captcha.models import create_model
+    from captcha.tasks import LabeledImages, PreparedRun, Stage
+    from captcha.train import Run, enter_stage, train_one_epoch
 
     seen = []
-    real_augment = train_mod.augment_batch
+    real_augment = recognition.augment_batch
 
     def spy(x, level, generator=None):
         out = real_augment(x, level, generator)
         seen.append((x.detach().clone(), out.detach().clone()))
         return out
 
-    monkeypatch.setattr(train_mod, "augment_batch", spy)
+    monkeypatch.setattr(recognition, "augment_batch", spy)
     images = torch.randint(0, 256, (6, 1, 50, 130), dtype=torch.uint8)
     targets = torch.randint(0, 4, (6, 2))
     labels = ["".join("27bx"[i] for i in row) for row in targets.tolist()]
     model = create_model("sepnet", num_classes=4, length=2, in_channels=1, head="attention")
-    config = TrainConfig(batch_size=4, augment_views=3, channels_last=False)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    stats = train_mod.train_one_epoch(model, images, targets, labels, optimizer, None, config, "27bx", torch.Generator().manual_seed(0))
+    task = recognition.RecognitionTask(TrainConfig(batch_size=4, augment_views=3, channels_last=False))
+    task.alphabet = "27bx"
+    split = LabeledImages(images, targets, labels)
+    frozen_lr = Stage("train", 1, lambda params: torch.optim.SGD(params, lr=0.0), lambda optimizer, steps: None)
+    run = Run(task, PreparedRun(model, {}, split, {"val": split}, "val", ""), torch.device("cpu"), Path("unused"), [frozen_lr],
+              torch.Generator().manual_seed(0))
+    stats = train_one_epoch(run, enter_stage(run, 1))
     assert [x.shape[0] for x, _ in seen] == [12, 6]  # batches of 4 and 2 images, 3 copies each
     x, out = seen[0]
     assert torch.equal(x[:4], x[4:8]) and torch.equal(x[:4], x[8:])  # the same images ...

@@ -62,7 +62,7 @@ def test_an_unsupported_view_count_is_refused():
 
 
 def test_reading_passes_share_their_images_among_the_views_and_batch_size_changes_nothing():
-    from captcha.train import EVAL_IMAGES_PER_PASS, eval_batch, predict_logits
+    from captcha.runtime import EVAL_IMAGES_PER_PASS, eval_batch, predict_logits
 
     torch.manual_seed(0)
     model = create_model("sepnet", num_classes=5, length=3, in_channels=1, head="attention").eval()
