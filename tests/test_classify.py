@@ -7,6 +7,7 @@ Tiny real runs (32x32 images, one epoch per stage) on generated shapes, CPU only
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
 import json
 import shutil
@@ -20,15 +21,15 @@ import pytest
 import torch
 import torchvision
 
-import captcha.classify  # noqa: F401  (registers the classifiers)
 from captcha.checkpoint import load_model
 from captcha.classify import cli as classify_cli
 from captcha.classify.data import load_data, load_image_folder, load_mnist
 from captcha.metrics import classification_metrics, format_report
-from captcha.classify.models import load_pretrained
+from captcha.models.classifiers import load_pretrained
 from captcha.classify.recipes import build_recipe
 from captcha.classify.svm import svm_compare
-from captcha.classify.train import evaluate_run, predict, train_classifier
+from captcha.classify.evaluate import evaluate_run, predict
+from captcha.classify.train import train_classifier
 from captcha.classify.shapes import SHAPES, write_shapes
 from captcha.data import DataError
 from captcha.models import create_model, list_models
@@ -146,11 +147,13 @@ def test_each_recipe_trains_and_reloads(tmp_path, shapes, recipe, overrides):
     overrides = {"epochs": [1], "input_size": (32, 32), **overrides}
     r = build_recipe(recipe, **overrides)
     result = train_classifier(shapes, tmp_path, r, device="cpu", **QUIET)
-    history = json.loads((tmp_path / "history.json").read_text())
+    with open(tmp_path / "metrics.csv") as f:  # the run files of every task (history.json and curves.png before)
+        history = list(csv.DictReader(f))
     stages = sum(s.epochs for s in r.stages)
     assert len(history) == 2 * stages and {row["phase"] for row in history} == {"train", "val"}
     assert all({"loss", "top1", "top3"} <= row.keys() for row in history)
-    assert (tmp_path / "curves.png").exists() and (tmp_path / "last.pt").exists()
+    for name in ("learning_curves.png", "confusion_matrix.png", "last.pt", "metrics.json"):
+        assert (tmp_path / name).exists(), name
     model, meta = load_model(tmp_path)
     assert meta["task"] == "classification" and meta["class_names"] == list(CLASSES)
     assert meta["model"]["name"] == r.model and meta["length"] == 1 and meta["head"] == "fixed"
@@ -160,7 +163,7 @@ def test_each_recipe_trains_and_reloads(tmp_path, shapes, recipe, overrides):
     logits = predict(model, data.splits["val"])
     assert logits.shape == (12, 5)
     top1 = float((logits.argmax(1) == data.splits["val"].targets.numpy()).mean())
-    assert top1 == pytest.approx(result.metrics["val"]["top1"])
+    assert top1 == pytest.approx(result.scores["val"]["top1"])
 
 
 def test_recipes_follow_the_reports_and_take_overrides():
@@ -306,7 +309,7 @@ def test_augmented_runs_score_every_split_at_the_input_size(tmp_path, shapes):
     result = train_classifier(shapes, out, recipe, device="cpu", **QUIET)
     assert (out / "metrics.json").exists()
     for split in ("train", "val"):
-        assert result.metrics[split]["top1"] == pytest.approx(evaluate_run(out, shapes, split=split, cache_dir=False)["top1"])
+        assert result.scores[split]["top1"] == pytest.approx(evaluate_run(out, shapes, split=split, cache_dir=False)["top1"])
 
 
 def test_classifier_data_mistakes_are_named_before_training(tmp_path, shapes):
@@ -336,3 +339,46 @@ def test_mnist_resizes_as_the_exported_preprocessor_does(tmp_path):
     digits = np.random.default_rng(0).integers(0, 255, (3, 28, 28), dtype=np.uint8)
     stacked = _resize_stack(digits, (10, 10), 1)
     assert all(np.array_equal(stacked[i, 0], resize(digits[i], (10, 10))) for i in range(3))
+
+
+def test_an_interrupted_two_stage_run_resumes_to_the_same_result(tmp_path, shapes):
+    # Classifiers run through the one trainer: they resume as recognizers do, with an EMA of the
+    # weights, whether the interruption fell at the end of the frozen stage or inside the next one.
+    from captcha.classify.train import ClassificationTask
+    from captcha.train import fit
+
+    def task(out: str, resume: bool = False) -> ClassificationTask:
+        recipe = build_recipe("two-phase", model="cnn", epochs=[1, 2], input_size=(16, 16), batch_size=16)
+        return ClassificationTask(shapes, tmp_path / out, recipe, device="cpu", cache_dir=False, resume=resume, ema=0.9)
+
+    fit(task("whole"), log=lambda _line: None)
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
+    assert [(r["epoch"], r["stage"]) for r in whole["history"][::2]] == [(1, "frozen"), (2, "finetune"), (3, "finetune")]
+    for stop in (1, 2):
+
+        def interrupt(epoch, row, stop=stop):
+            if epoch == stop:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            fit(task(f"cut{stop}"), on_epoch_end=interrupt, log=lambda _line: None)
+        lines: list[str] = []
+        fit(task(f"cut{stop}", resume=True), log=lines.append)
+        assert any(line.startswith(f"Resuming {tmp_path / f'cut{stop}'} from epoch {stop} of 3") for line in lines)
+        cut = torch.load(tmp_path / f"cut{stop}" / "last.pt", weights_only=False)
+        assert [r["loss"] for r in cut["history"]] == pytest.approx([r["loss"] for r in whole["history"]], abs=1e-5)
+        for part in ("model_state", "ema"):
+            for key, value in whole[part].items():
+                assert torch.allclose(value.float(), cut[part][key].float(), atol=1e-5), (stop, part, key)
+    header = (tmp_path / "whole" / "metrics.csv").read_text().splitlines()[0]
+    assert header == "epoch,stage,phase,samples,loss,top1,top3,elapsed_s,lr"
+
+
+def test_cli_resumes_a_classifier_run(tmp_path, shapes, capsys):
+    flags = ["classify", "train", "--data", str(shapes), "--model", "mlp", "--input-size", "16", "16", "--epochs", "1",
+             "--out", str(tmp_path / "run"), "--no-cache", "--device", "cpu"]
+    assert _cli(flags) == 0
+    capsys.readouterr()
+    assert _cli(flags + ["--resume", "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "Resuming" in out and "ignoring" in out and "epoch 2/" not in out  # the run's own recipe: 1 epoch, done

@@ -17,18 +17,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import captcha.classify  # noqa: F401  (registers the classifiers)
 from captcha.checkpoint import load_model
 from captcha.classify.recipes import build_recipe
 from captcha.classify.shapes import SHAPES, write_shapes
-from captcha.classify.train import (
-    META_MEAN,
-    META_STD,
-    evaluate_run,
-    load_run_data,
-    predict,
-    train_classifier,
-)
+from captcha.classify.evaluate import evaluate_run, load_run_data, predict
+from captcha.classify.train import train_classifier
+from captcha.models.classifiers import META_MEAN, META_STD
 from captcha.decoding import softmax
 from captcha.export import INPUT_NAME, OUTPUT_NAME, register
 from captcha.inference import Predictor

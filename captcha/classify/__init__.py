@@ -1,9 +1,8 @@
-"""The image-classification track: ImageFolder/MNIST data, classifiers, recipes, reports.
+"""The image-classification track: what is specific to classifiers.
 
-Importing the package registers the classifiers (`mlp`, `cnn`, `resnet18_cls`, `resnet50`) in
-the model registry; it imports nothing else so that `captcha.models` can import it without a
-cycle. The other modules (`data`, `train`, `metrics`, `svm`, `sweep`, `cli`) are imported where
-used.
+`data` reads ImageFolder trees and MNIST IDX files; `recipes` holds the course reports' training
+recipes; `train` runs them through the one trainer (`captcha.train.fit`) as a classification
+task; `evaluate` scores a run per class; `svm` compares an SVM on the network's features;
+`sweep` is R2's one-factor study; `cli` adds the `captcha classify` verbs. The classifier
+architectures live in the model registry (`captcha.models.classifiers`).
 """
-
-from captcha.classify import models  # noqa: F401  (registration side effects)

@@ -9,19 +9,33 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from dataclasses import dataclass
 
-from captcha.classify.models import ACTIVATIONS, CLASSIFIERS, TOPS
-from captcha.classify.recipes import AUGMENTATIONS, OPTIMIZERS, RECIPES, SCHEDULES
+from captcha.classify.recipes import RECIPES, Recipe, Stage
+from captcha.options import add_options, given_values, option
+from captcha.runtime import DEVICES
 
-# Flags that override a recipe value; None (not given) keeps the recipe's own.
-_RECIPE_FLAGS = ("model", "top", "activation", "epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay",
-                 "schedule", "warmup_epochs", "label_smoothing", "augment", "input_size", "channels", "seed", "split", "freeze")
-_SWEEP_FLAGS = ("epochs", "input_size", "channels", "seed", "split", "momentum", "weight_decay", "augment")
+# The recipe settings a sweep run takes; the others are the sweep's factors or keep the recipe's.
+_SWEEP_SETTINGS = ("epochs", "input_size", "channels", "seed", "split", "momentum", "weight_decay", "augment")
 
 
-def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+@dataclass
+class TrainCommand:
+    """`captcha classify train`'s own options; the recipe's come from `Recipe` and `Stage`."""
+
+    data: str | None = option(None, "ImageFolder root (class subfolders, optional train/val/test) or MNIST folder", required=True)
+    recipe: str = option("default", "training recipe of the course reports", choices=tuple(RECIPES), shown="default: R2's baseline")
+    weights: str | None = option(None, "ImageNet weights: a state-dict file or a torch hub cache dir (ResNets)")
+    out: str | None = option(None, "run directory (best.pt, last.pt, metrics.csv, learning_curves.png)", required=True)
+    resume: bool = option(False, "continue an interrupted run from OUT/last.pt")
+    ema: float = option(0.0, "decay of a moving average of the weights that is validated and saved instead, e.g. 0.999; 0 is off")
+    device: str = option("auto", "where to train (auto: CUDA when available)", choices=DEVICES)
+    no_cache: bool = option(False, "do not cache decoded images on disk")
+
+
+def _recipe_overrides(args: argparse.Namespace, only: tuple[str, ...] | None = None) -> dict:
+    """The recipe settings given on the command line (None, not given, keeps the recipe's)."""
+    return {**given_values(args, Recipe, only=only), **given_values(args, Stage, only=only)}
 
 
 def _cache(args: argparse.Namespace):
@@ -29,17 +43,23 @@ def _cache(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from captcha import distributed
     from captcha.classify.recipes import build_recipe
     from captcha.classify.train import train_classifier
 
-    recipe = build_recipe(args.recipe, **_overrides(args, _RECIPE_FLAGS))
-    train_classifier(args.data, args.out, recipe, weights=args.weights, device=args.device, cache_dir=_cache(args))
+    recipe = build_recipe(args.recipe, **_recipe_overrides(args))
+    distributed.init()
+    try:
+        train_classifier(args.data, args.out, recipe, weights=args.weights, device=args.device, cache_dir=_cache(args),
+                         resume=bool(args.resume), ema=args.ema or 0.0)
+    finally:
+        distributed.cleanup()
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from captcha.classify.evaluate import evaluate_run
     from captcha.metrics import format_report
-    from captcha.classify.train import evaluate_run
 
     metrics = evaluate_run(args.run, args.data, split=args.split, device=args.device, cache_dir=_cache(args))
     if args.json:
@@ -63,39 +83,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from captcha.classify.sweep import format_markdown, parse_values, run_sweep
 
     rows = run_sweep(args.data, args.out, factors=args.factors, values=parse_values(args.values), device=args.device,
-                     cache_dir=_cache(args), **_overrides(args, _SWEEP_FLAGS))
+                     cache_dir=_cache(args), **_recipe_overrides(args, _SWEEP_SETTINGS))
     print(format_markdown(rows))
     print(f"Tables written to {args.out}/sweep.md and {args.out}/sweep.csv")
     return 0
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
-    p.add_argument("--no-cache", action="store_true", help="do not cache decoded images on disk")
+    add_options(p, TrainCommand, only=("device", "no_cache"), keep_defaults=True)
 
 
-def _recipe_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
+def _recipe_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     g = p.add_argument_group("recipe overrides (default: the recipe's value)")
-    if not sweep:
-        g.add_argument("--model", choices=CLASSIFIERS, help="classifier (default: the recipe's; mlp for default)")
-        g.add_argument("--top", choices=TOPS, help="ResNet head: fc (replaced fc) or keras (Dense 1024 ReLU, Dense K)")
-        g.add_argument("--activation", choices=ACTIVATIONS, help="hidden activation of mlp / cnn")
-        g.add_argument("--lr", type=float, nargs="+", help="learning rate (one, or one per stage)")
-        g.add_argument("--batch-size", type=int)
-        g.add_argument("--optimizer", choices=OPTIMIZERS)
-        g.add_argument("--schedule", choices=SCHEDULES)
-        g.add_argument("--warmup-epochs", type=int)
-        g.add_argument("--label-smoothing", type=float)
-        g.add_argument("--freeze", choices=("backbone", "none"), help="backbone: train only the head in every stage")
-    g.add_argument("--epochs", type=int, nargs="+", help="epochs (one, or one per stage)")
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--augment", choices=AUGMENTATIONS)
-    g.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
-    g.add_argument("--channels", type=int, choices=(1, 3), help="default: 1 for MNIST with mlp/cnn, else 3")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--split", type=float, nargs=2, metavar=("TRAIN", "VAL"),
-                   help="fractions of the unsplit pool (default 0.8 0.2; MNIST 48000/6000: 0.8 0.1)")
+    add_options(g, Recipe, only=only, show_defaults=False)
+    add_options(g, Stage, only=only, show_defaults=False)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -105,10 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cls.set_defaults(func=lambda _args: (cls.print_help(), 0)[1])
 
     p = sub.add_parser("train", help="train a classifier on an ImageFolder tree or MNIST IDX files")
-    p.add_argument("--data", required=True, help="ImageFolder root (class subfolders, optional train/val/test) or MNIST folder")
-    p.add_argument("--recipe", choices=list(RECIPES), default="default", help="default, two-phase, tricks, finetune, probe")
-    p.add_argument("--weights", help="ImageNet weights: a state-dict file or a torch hub cache dir (ResNets)")
-    p.add_argument("--out", required=True, help="run directory (best.pt, last.pt, history.json, curves.png)")
+    add_options(p, TrainCommand, skip=("device", "no_cache"), keep_defaults=True)
     _recipe_flags(p)
     _common(p)
     p.set_defaults(func=_cmd_train)
@@ -136,6 +134,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--factors", nargs="+", choices=("model", "activation", "optimizer", "lr", "batch_size"),
                    help="default: all five")
     p.add_argument("--values", nargs="+", metavar="FACTOR=V1,V2", help="replace a factor's values, e.g. lr=0.1,0.01")
-    _recipe_flags(p, sweep=True)
+    _recipe_flags(p, only=_SWEEP_SETTINGS)
     _common(p)
     p.set_defaults(func=_cmd_sweep)

@@ -103,6 +103,20 @@ def _read_idx(folder: Path, name: str) -> torch.Tensor:
             path.unlink(missing_ok=True)
 
 
+def first_mnist_images(root: str | Path, count: int) -> np.ndarray | None:
+    """Up to `count` MNIST images under `root` as uint8 N x H x W: the test file's first ones,
+    else the training file's; None when `root` holds no MNIST files."""
+    folder = find_mnist(root)
+    if folder is None:
+        return None
+    for split in ("test", "train"):
+        try:
+            return _read_idx(folder, _MNIST_FILES[split][0])[:count].numpy()
+        except FileNotFoundError:
+            continue
+    return None
+
+
 def _resize_stack(images: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarray:
     """uint8 N x H x W gray images -> N x C x h x w at `size` (gray replicated for RGB)."""
     h, w = size

@@ -18,43 +18,53 @@ the whole run (model, top, input size, batch, augmentation, label smoothing, see
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
+
+from captcha.models.classifiers import ACTIVATIONS, CLASSIFIERS, TOPS
+from captcha.options import choices_of, flag_of, option
 
 AUGMENTATIONS = ("none", "tricks", "finetune")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine")
+FREEZE = ("backbone", "none")  # `--freeze` in words: train only the head in every stage, or everything
 
 
 @dataclass
 class Stage:
-    """One phase of training with its own optimiser."""
+    """One phase of training with its own optimiser. Its fields are `captcha classify train` flags
+    that override every stage of a recipe (`epochs` and `lr` take one value per stage too)."""
 
-    name: str
-    epochs: int
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    freeze_backbone: bool = False
-    schedule: str = "none"
-    warmup_epochs: int = 0
+    name: str = option(cli=False)
+    epochs: int = option(help="epochs (one, or one per stage)", nargs="+")
+    optimizer: str = option("adam", "update rule", choices=OPTIMIZERS)
+    lr: float = option(1e-3, "learning rate (one, or one per stage)", nargs="+")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(0.0, "weight decay (an L2 penalty)")
+    freeze_backbone: bool = option(False, "backbone: train only the head in every stage", flag="--freeze", type=str, choices=FREEZE)
+    schedule: str = option("none", "learning-rate schedule after the warm-up", choices=SCHEDULES)
+    warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up at the start of each stage")
 
 
 @dataclass
 class Recipe:
-    name: str
-    stages: list[Stage]
-    model: str = "mlp"
-    top: str | None = None  # "fc" or "keras" for the ResNets
-    activation: str | None = None  # hidden activation for mlp / cnn
-    input_size: tuple[int, int] = (28, 28)
-    channels: int | None = None  # None: 1 for MNIST, 3 otherwise
-    batch_size: int = 64
-    augment: str = "none"
-    label_smoothing: float = 0.0
-    seed: int = 0
-    split: tuple[float, float] = (0.8, 0.2)
+    """A named recipe's settings for the whole run; its fields are `captcha classify train`
+    flags that override the recipe's own values."""
+
+    name: str = option(cli=False)
+    stages: list[Stage] = option(cli=False)
+    model: str = option("mlp", "classifier (default: the recipe's; mlp for default)", choices=CLASSIFIERS)
+    top: str | None = option(None, "ResNet head: fc (replaced fc) or keras (Dense 1024 ReLU, Dense K)", choices=TOPS)
+    activation: str | None = option(None, "hidden activation of mlp / cnn", choices=ACTIVATIONS)
+    input_size: tuple[int, int] = option((28, 28), "model input size", metavar=("H", "W"))
+    channels: int | None = option(None, "default: 1 for MNIST with mlp/cnn, else 3", choices=(1, 3))
+    batch_size: int = option(64, "images per step")
+    augment: str = option("none", "random augmentation of the training images", choices=AUGMENTATIONS)
+    label_smoothing: float = option(0.0, "share of each target spread evenly over all classes")
+    seed: int = option(0, "seed of the split, the initialisation and the order")
+    split: tuple[float, float] = option((0.8, 0.2), "fractions of the unsplit pool (default 0.8 0.2; MNIST 48000/6000: 0.8 0.1)",
+                                        metavar=("TRAIN", "VAL"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,51 +112,51 @@ def _per_stage(values: list | None, count: int, what: str) -> list | None:
 def build_recipe(name: str = "default", **overrides: Any) -> Recipe:
     """The named recipe with `overrides` applied (None means "keep the recipe's value").
 
-    Stage overrides: `epochs` and `lr` (a list: one value, or one per stage), `optimizer`,
-    `momentum`, `weight_decay`, `schedule`, `warmup_epochs`, `freeze` ("backbone" freezes every
-    stage, "none" none). `batch_size` given without `lr` rescales the `tricks` lr (0.1 x B/256).
-    Every other key is a `Recipe` field.
+    Keys are `Stage` fields, applied to every stage (`epochs` and `lr` a list: one value, or one
+    per stage; `freeze` "backbone" freezes every stage, "none" none), and `Recipe` fields.
+    `batch_size` given without `lr` rescales the `tricks` lr (0.1 x B/256).
     """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
     recipe = RECIPES[name]()
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    n = len(recipe.stages)
-    epochs = _per_stage(overrides.pop("epochs", None), n, "epochs")
-    lrs = _per_stage(overrides.pop("lr", None), n, "lr")
-    freeze = overrides.pop("freeze", None)
-    if freeze not in (None, "backbone", "none"):
-        raise ValueError(f"--freeze takes 'backbone' or 'none', not {freeze!r}")
-    stage_keys = {"optimizer": OPTIMIZERS, "momentum": None, "weight_decay": None, "schedule": SCHEDULES, "warmup_epochs": None}
-    for i, stage in enumerate(recipe.stages):
-        if epochs:
-            stage.epochs = int(epochs[i])
-            if "warmup_epochs" not in overrides:  # a recipe's own warm-up shrinks to fit fewer epochs (a short trial run)
-                stage.warmup_epochs = min(stage.warmup_epochs, stage.epochs // 2)
-        if lrs:
-            stage.lr = float(lrs[i])
-        elif name == "tricks" and "batch_size" in overrides:
-            stage.lr = 0.1 * overrides["batch_size"] / 256
-        if freeze is not None:
-            stage.freeze_backbone = freeze == "backbone"
-        for key, allowed in stage_keys.items():
-            if key in overrides:
-                if allowed and overrides[key] not in allowed:
-                    raise ValueError(f"--{key.replace('_', '-')} takes one of {', '.join(allowed)}, not {overrides[key]!r}")
-                setattr(stage, key, overrides[key])
-    fields = {f.name for f in dataclasses.fields(Recipe)} - {"name", "stages"}
+    if "freeze" in overrides:
+        freeze = overrides.pop("freeze")
+        if freeze not in FREEZE:
+            raise ValueError(f"--freeze takes 'backbone' or 'none', not {freeze!r}")
+        overrides["freeze_backbone"] = freeze == "backbone"
+    stage_fields = {f.name: f for f in dataclasses.fields(Stage) if f.name != "name"}
+    recipe_fields = {f.name: f for f in dataclasses.fields(Recipe) if f.name not in ("name", "stages")}
+    unknown = sorted(set(overrides) - set(stage_fields) - set(recipe_fields))
+    if unknown:
+        raise ValueError(f"unknown recipe setting {unknown[0]!r}")
+    _override_stages(recipe, {k: v for k, v in overrides.items() if k in stage_fields}, stage_fields, tricks_batch=overrides.get("batch_size") if name == "tricks" else None)
     for key, value in overrides.items():
-        if key in stage_keys:
-            continue
-        if key not in fields:
-            raise ValueError(f"unknown recipe setting {key!r}")
-        if key in ("input_size", "split"):
-            value = tuple(value)
-        setattr(recipe, key, value)
+        if key in recipe_fields:
+            setattr(recipe, key, tuple(value) if key in ("input_size", "split") else value)
     if recipe.augment not in AUGMENTATIONS:
         raise ValueError(f"--augment takes one of {', '.join(AUGMENTATIONS)}, not {recipe.augment!r}")
     _check_values(recipe)
     return recipe
+
+
+def _override_stages(recipe: Recipe, overrides: dict[str, Any], stage_fields: dict[str, dataclasses.Field], tricks_batch: int | None) -> None:
+    """Set every stage's overridden values; a recipe's own warm-up shrinks to fit fewer epochs
+    (a short trial run), and the `tricks` lr follows a new batch size (0.1 x B/256)."""
+    hints = typing.get_type_hints(Stage)
+    for key, value in overrides.items():
+        allowed = choices_of(stage_fields[key]) if key != "freeze_backbone" else None
+        if allowed and value not in allowed:
+            raise ValueError(f"{flag_of(stage_fields[key])} takes one of {', '.join(allowed)}, not {value!r}")
+    count = len(recipe.stages)
+    per_stage = {k: _per_stage(v, count, k) for k, v in overrides.items() if stage_fields[k].metadata.get("nargs") == "+"}
+    for i, stage in enumerate(recipe.stages):
+        for key, value in overrides.items():
+            setattr(stage, key, hints[key](per_stage[key][i]) if key in per_stage else value)
+        if "epochs" in overrides and "warmup_epochs" not in overrides:
+            stage.warmup_epochs = min(stage.warmup_epochs, stage.epochs // 2)
+        if "lr" not in overrides and tricks_batch is not None:
+            stage.lr = 0.1 * tricks_batch / 256
 
 
 def _check_values(recipe: Recipe) -> None:

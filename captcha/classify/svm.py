@@ -17,9 +17,9 @@ import torch.nn as nn
 
 from captcha.checkpoint import load_model
 from captcha.classify.data import Split
-from captcha.classify.models import penultimate_layer
-from captcha.classify.train import META_MEAN, META_STD, load_run_data, predict, require_classification_run
-from captcha.train import normalize_batch, resolve_device
+from captcha.classify.evaluate import load_run_data, predict, require_classification_run
+from captcha.models.classifiers import META_MEAN, META_STD, penultimate_layer
+from captcha.runtime import normalize_batch, resolve_device
 
 
 @torch.no_grad()

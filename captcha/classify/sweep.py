@@ -13,9 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from captcha.classify.models import CLASSIFIERS
 from captcha.classify.recipes import build_recipe
-from captcha.classify.train import train_classifier
+from captcha.classify.train import ClassificationTask
+from captcha.models.classifiers import CLASSIFIERS
+from captcha.sweep import Cell, run_cells
+from captcha.train import RunResult
 
 BASELINE: dict[str, Any] = {"model": "mlp", "activation": "relu", "optimizer": "adam", "lr": 0.05, "batch_size": 64}
 FACTORS: dict[str, list[Any]] = {
@@ -70,29 +72,29 @@ def run_sweep(
     not_classifiers = [m for m in {base["model"], *grid["model"]} if m not in CLASSIFIERS]
     if not_classifiers:  # checked before any run trains
         raise ValueError(f"model {', '.join(sorted(not_classifiers))}: not a classifier; choose from {', '.join(CLASSIFIERS)}")
-    done: dict[str, dict[str, Any]] = {}
-    rows: list[dict[str, Any]] = []
+    cells = []
     for factor in factors:
         for value in grid[factor]:
             settings = {**base, factor: value}
             tag = _tag(settings)
-            if tag not in done:
-                log(f"== {factor} = {value} ({tag})")
-                recipe = build_recipe(
-                    "default", model=settings["model"], activation=settings["activation"], optimizer=settings["optimizer"],
-                    lr=[settings["lr"]], batch_size=settings["batch_size"], **recipe_overrides,
-                )
-                result = train_classifier(data_dir, out / "runs" / tag, recipe, device=device, cache_dir=cache_dir, log=log)
-                done[tag] = {"metrics": result.metrics, "seconds": result.seconds}
-            metrics = done[tag]["metrics"]
-            row: dict[str, Any] = {"factor": factor, "value": value, "baseline": value == base[factor]}
-            for split in ("train", "val", "test"):
-                for k in ("top1", "top3"):
-                    row[f"{split}_{k}"] = metrics.get(split, {}).get(k, float("nan"))
-            row["seconds"] = done[tag]["seconds"]
-            rows.append(row)
+            recipe = build_recipe(
+                "default", model=settings["model"], activation=settings["activation"], optimizer=settings["optimizer"],
+                lr=[settings["lr"]], batch_size=settings["batch_size"], **recipe_overrides,
+            )
+            task = ClassificationTask(data_dir, out / "runs" / tag, recipe, device=device, cache_dir=cache_dir)
+            cells.append(Cell(tag, f"== {factor} = {value} ({tag})", task, lambda result, f=factor, v=value: _row(f, v, v == base[f], result)))
+    rows = run_cells(cells, log)
     write_tables(rows, out)
     return rows
+
+
+def _row(factor: str, value: Any, baseline: bool, result: RunResult) -> dict[str, Any]:
+    row: dict[str, Any] = {"factor": factor, "value": value, "baseline": baseline}
+    for split in ("train", "val", "test"):
+        for k in ("top1", "top3"):
+            row[f"{split}_{k}"] = result.scores.get(split, {}).get(k, float("nan"))
+    row["seconds"] = result.train_seconds
+    return row
 
 
 def format_markdown(rows: list[dict[str, Any]]) -> str:

@@ -1,8 +1,5 @@
-"""Train and evaluate classifiers: one loop for every recipe, the CAPTCHA artifact contract.
-
-A run directory holds `best.pt` / `last.pt` (checkpoints with meta, loadable by
-`captcha.checkpoint.load_model`), `history.json` (one row per epoch and phase: stage, epoch,
-phase, loss, top1, top3), `curves.png` (loss and top-1 per phase) and `metrics.json`.
+"""Image classification as a training task: a recipe's stages run by the one trainer
+(`captcha.train.fit`), with the run files, resume, EMA, mixed precision and DDP of every run.
 
 Images stay uint8 until a batch is built; the meta's normalisation is x / 255 and the model's
 own `ChannelNormalize` layer applies the per-channel (ImageNet) mean/std, so export and serving
@@ -11,39 +8,46 @@ read the same numbers with no extra code.
 
 from __future__ import annotations
 
-import json
+import csv
 import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from captcha import checkpoint as ckpt
-from captcha.classify.data import ClassData, Split, eval_split, find_mnist, load_data, preprocessor_for
+from captcha import distributed as dist
+from captcha.classify.data import ClassData, Split, find_mnist, load_data, preprocessor_for
+from captcha.classify.recipes import Recipe, Stage as RecipeStage, describe, recipe_from_dict
 from captcha.metrics import classification_metrics, topk_accuracy
-from captcha.classify.models import load_pretrained, set_backbone_trainable
-from captcha.classify.recipes import Recipe, Stage, describe, recipe_from_dict
-from captcha.data import DataError
 from captcha.models import create_model
-from captcha.train import normalize_batch, predict_logits, resolve_device
-
-# The meta's normalisation: pixels / 255; per-channel mean/std live in the model.
-META_MEAN, META_STD = 0.0, 1.0
+from captcha.models.classifiers import META_MEAN, META_STD, load_pretrained
+from captcha.runtime import normalize_batch
+from captcha.tasks import LabeledImages, PreparedRun, RunOptions, Stage
+from captcha.train import RunResult, fit
 
 
 @dataclass
-class RunResult:
-    run_dir: Path
-    history: list[dict[str, Any]]
-    metrics: dict[str, dict[str, float]]  # split -> {"loss", "top1", "top3"} of the best checkpoint
-    seconds: float
+class ClassScores:
+    loss: float
+    top1: float
+    top3: float
+    samples: int
+    logits: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32), repr=False)
+
+    @property
+    def score(self) -> float:
+        return self.top1
+
+    def as_dict(self) -> dict:
+        return {"samples": self.samples, "loss": self.loss, "top1": self.top1, "top3": self.top3}
+
+    def line(self) -> str:
+        return f"loss {self.loss:.4f} top1 {self.top1 * 100:6.2f}% top3 {self.top3 * 100:6.2f}%"
 
 
 def _default_channels(root: str | Path, model: str) -> int:
@@ -89,7 +93,7 @@ def model_args_for(recipe: Recipe, num_classes: int, channels: int) -> dict[str,
     return args
 
 
-def _lr_lambda(stage: Stage, steps_per_epoch: int) -> Callable[[int], float]:
+def _lr_lambda(stage: RecipeStage, steps_per_epoch: int) -> Callable[[int], float]:
     """Linear warm-up over `warmup_epochs`, then cosine decay to 0 (or constant)."""
     total = max(stage.epochs * steps_per_epoch, 1)
     warm = stage.warmup_epochs * steps_per_epoch
@@ -105,7 +109,7 @@ def _lr_lambda(stage: Stage, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
-def _optimizer(stage: Stage, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def _optimizer(stage: RecipeStage, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     if stage.optimizer == "adam":
         return torch.optim.Adam(params, lr=stage.lr, weight_decay=stage.weight_decay)
     if stage.optimizer == "sgd":
@@ -113,57 +117,146 @@ def _optimizer(stage: Stage, params: list[nn.Parameter]) -> torch.optim.Optimize
     raise ValueError(f"unknown optimizer {stage.optimizer!r}; choose from adam, sgd")
 
 
-def _train_epoch(model, split: Split, recipe: Recipe, stage: Stage, optimizer, scheduler, augment, device, generator, desc: str) -> dict[str, float]:
-    model.train()
-    if stage.freeze_backbone:
-        model.backbone.eval()  # frozen means frozen: BatchNorm statistics stay as loaded
-    order = torch.randperm(len(split), generator=generator)
-    bar = tqdm(total=math.ceil(len(split) / recipe.batch_size), desc=desc, unit="step", leave=False, disable=None)  # None: terminal only
-    total_loss, logits_all, targets_all = 0.0, [], []
-    for start in range(0, len(split), recipe.batch_size):
-        idx = order[start : start + recipe.batch_size]
-        images = split.images[idx]
-        if augment is not None:
-            images = torch.stack([augment(im) for im in images])
-        x = normalize_batch(images.to(device), META_MEAN, META_STD)
-        y = split.targets[idx].to(device)
-        logits = model(x)[:, 0, :]
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total_loss += loss.item() * len(idx)
-        logits_all.append(logits.detach().float().cpu())
-        targets_all.append(y.cpu())
-        bar.update()
-        if not bar.disable:
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    bar.close()
-    logits_np, targets_np = torch.cat(logits_all).numpy(), torch.cat(targets_all).numpy()
-    n = max(len(targets_np), 1)
-    return {"loss": total_loss / n, "top1": topk_accuracy(logits_np, targets_np, 1), "top3": topk_accuracy(logits_np, targets_np, 3)}
+def _trainer_stage(stage: RecipeStage) -> Stage:
+    return Stage(stage.name, stage.epochs, lambda params: _optimizer(stage, params),
+                 lambda optimizer, steps: torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(stage, steps)), stage.freeze_backbone)
 
 
-def predict(model: nn.Module, split: Split, batch_size: int = 256) -> np.ndarray:
-    """Logits [N, K] of a split, no augmentation (the serving path: x / 255 into the model)."""
-    if len(split) == 0:
-        return np.zeros((0, 0), np.float32)
-    return predict_logits(model, split.images, batch_size, mean=META_MEAN, std=META_STD)[:, 0, :].numpy()
+def _labeled(split: Split, class_names: list[str]) -> LabeledImages:
+    """A split as the trainer reads it: one target per image (one head), its class name as label."""
+    return LabeledImages(split.images, split.targets.view(-1, 1), [class_names[int(t)] for t in split.targets])
 
 
-def split_scores(model: nn.Module, split: Split) -> dict[str, float]:
-    """Loss (plain cross-entropy), top-1 and top-3 of one split."""
-    if len(split) == 0:
-        return {"loss": float("nan"), "top1": float("nan"), "top3": float("nan")}
-    logits = predict(model, split)
-    loss = F.cross_entropy(torch.from_numpy(logits), split.targets).item()
-    targets = split.targets.numpy()
-    return {"loss": loss, "top1": topk_accuracy(logits, targets, 1), "top3": topk_accuracy(logits, targets, 3)}
+def _settings_of(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's settings by flag name: the run's own, and one list per stage setting."""
+    stages = recipe["stages"]
+    run = {k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items() if k not in ("name", "stages")}
+    return {"recipe": recipe["name"], **run, **{k: [stage[k] for stage in stages] for k in stages[0] if k != "name"}}
 
 
-def _fmt(scores: dict[str, float]) -> str:
-    return f"loss {scores['loss']:.4f} top1 {scores['top1'] * 100:6.2f}% top3 {scores['top3'] * 100:6.2f}%"
+class ClassificationTask:
+    """The trainer's questions answered for a classification recipe (see `captcha.tasks.Task`)."""
+
+    name = "classification"
+    head = "fixed"
+    mean, std = META_MEAN, META_STD
+    report_splits = ("train", "val", "test")
+    headline = "top1"
+    score_name = "top-1 accuracy"
+
+    def __init__(self, data_dir: str | Path, out: str | Path, recipe: Recipe, weights: str | Path | None = None, device: str = "auto",
+                 cache_dir: str | Path | None | bool = None, resume: bool = False, ema: float = 0.0):
+        self.data_dir, self.recipe, self.weights, self.cache_dir = Path(data_dir), recipe, weights, cache_dir
+        self.label_smoothing = recipe.label_smoothing
+        self.options = RunOptions(out=str(out), batch_size=recipe.batch_size, seed=recipe.seed, device=device, resume=resume, ema=ema,
+                                  channels_last=False, eval_batch_size=256)
+        self.augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.class_names: list[str] = []
+        self.watch = "val"
+        self.described: dict[str, Any] = {}  # what the data turned out to be, once read
+
+    def settings(self) -> dict:
+        """The meta's `config`: the recipe and the data as read; the run options resume needs."""
+        return {"recipe": self.recipe.to_dict(), "data": str(self.data_dir.resolve()), **self.described,
+                "weights": str(self.weights) if self.weights else None, "ema": self.options.ema}
+
+    def resumed(self, saved: dict) -> tuple[ClassificationTask, list[str]]:
+        recipe = recipe_from_dict(saved["recipe"])
+        asked = {**_settings_of(self.recipe.to_dict()), "data": str(self.data_dir.resolve())}
+        before = {**_settings_of(saved["recipe"]), "data": saved["data"]}
+        ignored = [f"{k}={v!r} (the run's: {before[k]!r})" for k, v in asked.items() if k in before and v != before[k]]
+        task = ClassificationTask(saved["data"], self.options.out, recipe, saved.get("weights"), self.options.device, self.cache_dir,
+                                  resume=True, ema=saved.get("ema", 0.0))
+        return task, ignored
+
+    def prepare(self, device: torch.device, fresh: bool, log: Callable[[str], None]) -> PreparedRun:
+        recipe = self.recipe
+        np.random.seed(recipe.seed)
+        channels = recipe.channels or _default_channels(self.data_dir, recipe.model)
+        data, scored = self._data(channels)
+        self.class_names = data.class_names
+        model_args = model_args_for(recipe, len(data.class_names), channels)
+        model = create_model(recipe.model, **model_args)
+        if self.weights is not None and fresh:
+            skipped = load_pretrained(model, recipe.model, self.weights)
+            if dist.is_main():
+                log(f"Loaded ImageNet weights from {self.weights}" + (f" (left out: {', '.join(skipped)})" if skipped else ""))
+        model.to(device)
+        self.described = {"source": data.source, "sizes": data.sizes()}
+        meta = ckpt.make_meta(
+            task="classification", model_name=recipe.model, model_args=model_args, input_size=tuple(recipe.input_size),
+            channels=channels, preprocess=preprocessor_for(channels), mean=META_MEAN, std=META_STD,
+            class_names=data.class_names, length=1, config=self.settings(),
+        )
+        norm = model.backbone.normalize
+        meta["input_normalization"] = {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist(), "applied_in": "model"}
+        meta["parameters"] = sum(p.numel() for p in model.parameters())
+        self.augment = _augmenter(recipe, channels)
+        self.watch = "val" if len(data.splits["val"]) else "train"
+        sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
+        start = f"Data: {self.data_dir} ({data.source}, {len(data.class_names)} classes; {sizes})\n{describe(recipe)}"
+        splits = {name: _labeled(split, data.class_names) for name, split in scored.splits.items()}
+        return PreparedRun(model, meta, _labeled(data.splits["train"], data.class_names), splits, self.watch, start)
+
+    def _data(self, channels: int) -> tuple[ClassData, ClassData]:
+        """The data to train on, and the data to score: every split at the size the model reads
+        (the training images may be kept larger for random crops), as `classify evaluate` reads them."""
+        recipe, size = self.recipe, tuple(self.recipe.input_size)
+        data = load_data(self.data_dir, size, channels, recipe.split, recipe.seed, self.cache_dir, train_size=_load_size(recipe))
+        if _load_size(recipe) == size:
+            return data, data
+        train_at_size = load_data(self.data_dir, size, channels, recipe.split, recipe.seed, self.cache_dir).splits["train"]
+        return data, replace(data, splits={**data.splits, "train": train_at_size})
+
+    def stages(self) -> list[Stage]:
+        return [_trainer_stage(stage) for stage in self.recipe.stages]
+
+    def inputs(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.augment is not None:
+            batch = torch.stack([self.augment(image) for image in batch])
+        return normalize_batch(batch, META_MEAN, META_STD)
+
+    def _scores(self, loss: float, logits: torch.Tensor, targets: torch.Tensor) -> ClassScores:
+        read, truth = logits.reshape(len(targets), -1).numpy(), targets.reshape(-1).numpy()
+        return ClassScores(loss, topk_accuracy(read, truth, 1), topk_accuracy(read, truth, 3), len(truth), read)
+
+    def train_scores(self, loss_sum: float, logits: torch.Tensor, split: LabeledImages, index: torch.Tensor) -> ClassScores:
+        """The epoch's scores, summed over every process when training is distributed."""
+        local = self._scores(0.0, logits, split.targets[index])
+        n = local.samples
+        sums = dist.all_reduce_sum([loss_sum, float(n), float(round(local.top1 * n)), float(round(local.top3 * n))])
+        seen = max(sums[1], 1)
+        return ClassScores(sums[0] / seen, sums[2] / seen, sums[3] / seen, int(sums[1]), local.logits)
+
+    def eval_scores(self, loss: float, logits: torch.Tensor, split: LabeledImages) -> ClassScores:
+        return self._scores(loss, logits, split.targets)
+
+    def epoch_lines(self, epoch: int, epochs: int, stage: Stage, train: ClassScores, val: ClassScores, elapsed: float,
+                    seconds: float) -> list[str]:
+        return [f"[{stage.name}] epoch {epoch}/{epochs}  train {train.line()}  |  {self.watch} {val.line()}  ({seconds:.1f}s)"]
+
+    def write_history(self, path: Path, history: list[dict]) -> None:
+        """metrics.csv: one row per epoch and phase (and stage, in a run of several)."""
+        staged = any("stage" in r for r in history)
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["epoch"] + ["stage"] * staged + ["phase", "samples", "loss", "top1", "top3", "elapsed_s", "lr"])
+            for r in history:
+                writer.writerow([r["epoch"]] + [r.get("stage", "")] * staged + [r["phase"], r["samples"], f"{r['loss']:.6f}",
+                                 f"{r['top1']:.6f}", f"{r['top3']:.6f}", r["elapsed"], f"{r['lr']:.6g}"])
+
+    def pictures(self, run_dir: Path, history: list[dict], split: str, images: LabeledImages, scores: ClassScores, board) -> None:
+        """Learning curves and the class confusion matrix of `split`."""
+        from captcha.plots import confusion_matrix_image, learning_curves
+
+        fmt = self.options.plot_format
+        learning_curves(history, run_dir / f"learning_curves.{fmt}", metric="top1", metric_label="top-1 accuracy")
+        matrix = np.asarray(classification_metrics(scores.logits, images.targets.view(-1).numpy(), self.class_names)["confusion_matrix"])
+        confusion_matrix_image(matrix, self.class_names, run_dir / f"confusion_matrix.{fmt}", title=f"{split} split: {int(matrix.sum())} images")
+
+    def final_lines(self, best_epoch: int, best_score: float, scores: dict[str, ClassScores], seconds: float, run_dir: Path) -> list[str]:
+        shown = "  ".join(f"{k} top1 {v.top1 * 100:.2f}% top3 {v.top3 * 100:.2f}%" for k, v in scores.items())
+        return [f"Best checkpoint (epoch {best_epoch}): {shown}", f"Run saved in {run_dir} ({seconds:.1f}s)"]
 
 
 def train_classifier(
@@ -174,112 +267,9 @@ def train_classifier(
     device: str = "auto",
     cache_dir: str | Path | None | bool = None,
     log: Callable[[str], None] = print,
+    resume: bool = False,
+    ema: float = 0.0,
 ) -> RunResult:
-    """Train `recipe` on `data_dir`, saving the best (by val top-1) and last checkpoints in `out`."""
-    started = time.perf_counter()
-    torch.manual_seed(recipe.seed)
-    np.random.seed(recipe.seed)
-    dev = resolve_device(device)
-    channels = recipe.channels or _default_channels(data_dir, recipe.model)
-    data = load_data(data_dir, tuple(recipe.input_size), channels, recipe.split, recipe.seed, cache_dir, train_size=_load_size(recipe))
-    # Scores read every split at the size the model reads (the training images above may be kept
-    # larger for random crops): the same images `classify evaluate` reads.
-    scored = data
-    if _load_size(recipe) != tuple(recipe.input_size):  # only the training images are read again; val and test are shared
-        train_at_size = load_data(data_dir, tuple(recipe.input_size), channels, recipe.split, recipe.seed, cache_dir).splits["train"]
-        scored = replace(data, splits={**data.splits, "train": train_at_size})
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model_args = model_args_for(recipe, len(data.class_names), channels)
-    model = create_model(recipe.model, **model_args)
-    if weights is not None:
-        skipped = load_pretrained(model, recipe.model, weights)
-        log(f"Loaded ImageNet weights from {weights}" + (f" (left out: {', '.join(skipped)})" if skipped else ""))
-    model.to(dev)
-    norm = model.backbone.normalize
-    meta = ckpt.make_meta(
-        task="classification", model_name=recipe.model, model_args=model_args, input_size=tuple(recipe.input_size),
-        channels=channels, preprocess=preprocessor_for(channels), mean=META_MEAN, std=META_STD,
-        class_names=data.class_names, length=1,
-        config={"recipe": recipe.to_dict(), "data": str(Path(data_dir).resolve()), "source": data.source, "sizes": data.sizes(), "weights": str(weights) if weights else None},
-    )
-    meta["input_normalization"] = {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist(), "applied_in": "model"}
-    meta["parameters"] = sum(p.numel() for p in model.parameters())
-    sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
-    log(f"Data: {data_dir} ({data.source}, {len(data.class_names)} classes; {sizes})")
-    log(describe(recipe))
-    augment = _augmenter(recipe, channels)
-    generator = torch.Generator().manual_seed(recipe.seed)
-    watch = "val" if len(data.splits["val"]) else "train"
-    history: list[dict[str, Any]] = []
-    best, epoch_no, total_epochs = -1.0, 0, sum(s.epochs for s in recipe.stages)
-    for stage in recipe.stages:
-        set_backbone_trainable(model, not stage.freeze_backbone)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = _optimizer(stage, params)
-        steps = math.ceil(len(data.splits["train"]) / recipe.batch_size)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(stage, steps))
-        for epoch in range(1, stage.epochs + 1):
-            epoch_no += 1
-            t0 = time.perf_counter()
-            train = _train_epoch(model, data.splits["train"], recipe, stage, optimizer, scheduler, augment, dev, generator, f"{stage.name} {epoch}/{stage.epochs}")
-            val = split_scores(model, scored.splits[watch])
-            for phase, scores in (("train", train), ("val", val)):
-                history.append({"stage": stage.name, "epoch": epoch_no, "phase": phase, **scores})
-            log(f"[{stage.name}] epoch {epoch_no}/{total_epochs}  train {_fmt(train)}  |  {watch} {_fmt(val)}  ({time.perf_counter() - t0:.1f}s)")
-            if val["top1"] > best:
-                best = val["top1"]
-                meta["metrics"] = {"best_epoch": epoch_no, "stage": stage.name, watch: val}
-                ckpt.save_checkpoint(out / ckpt.BEST, model, meta)
-    set_backbone_trainable(model, True)
-    ckpt.save_checkpoint(out / ckpt.LAST, model, meta, history=history)
-    (out / "history.json").write_text(json.dumps(history, indent=1))
-    from captcha.plots import learning_curves
-
-    learning_curves(history, out / "curves.png", metric="top1", metric_label="top-1 accuracy")
-    best_model, _ = ckpt.load_model(out / ckpt.BEST, dev)
-    final = {name: split_scores(best_model, split) for name, split in scored.splits.items() if len(split)}
-    seconds = time.perf_counter() - started
-    (out / "metrics.json").write_text(json.dumps({"best": meta["metrics"], "splits": final, "seconds": seconds}, indent=1))
-    log(f"Best checkpoint (epoch {meta['metrics']['best_epoch']}): " + "  ".join(f"{k} top1 {v['top1'] * 100:.2f}% top3 {v['top3'] * 100:.2f}%" for k, v in final.items()))
-    log(f"Run saved in {out} ({seconds:.1f}s)")
-    return RunResult(out, history, final, seconds)
-
-
-def require_classification_run(run: str | Path, meta: dict[str, Any]) -> None:
-    if meta.get("task") != "classification":
-        raise ValueError(f"{run}: not a classification run (task {meta.get('task')!r}); `captcha evaluate` reads CAPTCHA runs")
-
-
-def load_run_data(meta: dict[str, Any], data_dir: str | Path, cache_dir: str | Path | None | bool = None) -> ClassData:
-    """A data folder read the way the run was trained (size, channels, split, seed); classes must match."""
-    recipe = recipe_from_dict(meta["config"]["recipe"])
-    data = load_data(data_dir, tuple(meta["input_size"]), meta["channels"], recipe.split, recipe.seed, cache_dir)
-    if data.class_names != list(meta["class_names"]):
-        missing = sorted(set(meta["class_names"]) - set(data.class_names))
-        extra = sorted(set(data.class_names) - set(meta["class_names"]))
-        raise DataError([(str(data_dir), f"classes differ from the run's: missing {missing}, unexpected {extra}")], "class mismatch", hint=None)
-    return data
-
-
-def evaluate_run(run: str | Path, data_dir: str | Path, split: str | None = None, device: str = "auto", cache_dir: str | Path | None | bool = None) -> dict[str, Any]:
-    """Top-1/top-3 and precision/recall/F1 (macro and per class) of a run on one split.
-
-    The split defaults to `test` (or `val` when there is no test set); a confusion-matrix PNG
-    is written next to the checkpoint.
-    """
-    from captcha.plots import confusion_matrix_image
-
-    model, meta = ckpt.load_model(run, resolve_device(device))
-    require_classification_run(run, meta)
-    data = load_run_data(meta, data_dir, cache_dir)
-    split = split or eval_split(data)
-    if split not in data.splits or not len(data.splits[split]):
-        raise ValueError(f"{data_dir}: the {split!r} split is empty")
-    logits = predict(model, data.splits[split])
-    metrics = classification_metrics(logits, data.splits[split].targets.numpy(), data.class_names)
-    metrics["split"] = split
-    run_dir = ckpt.resolve_checkpoint(run).parent
-    image = confusion_matrix_image(np.asarray(metrics["confusion_matrix"]), data.class_names, run_dir / f"confusion_{split}.png")
-    metrics["confusion_matrix_png"] = str(image)
-    return metrics
+    """Train `recipe` on `data_dir` with the one trainer, keeping the best (by val top-1) and last
+    checkpoints in `out`; returns the trainer's `RunResult`."""
+    return fit(ClassificationTask(data_dir, out, recipe, weights, device, cache_dir, resume, ema), log=log)
