@@ -10,7 +10,6 @@ import argparse
 import importlib
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from captcha import __version__
@@ -116,13 +115,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _given_settings(args: argparse.Namespace) -> dict:
     """The TrainConfig settings given on the command line (the parser's defaults are None)."""
+    from captcha.options import given_values
     from captcha.train import TrainConfig
 
-    names = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if "input_size" in values:
-        values["input_size"] = tuple(values["input_size"])
-    return values
+    return given_values(args, TrainConfig)
 
 
 def _train_config(args: argparse.Namespace):
@@ -198,76 +194,33 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from captcha.sweep import run_sweep
+    from captcha.sweep import markdown_table, run_sweep
 
     base = _train_config(args)
-    rows = run_sweep(base, args.models, args.preprocessors, args.out)
-    from captcha.sweep import markdown_table
-
+    rows = run_sweep(base, list(args.models), list(args.preprocessors), args.out)
     print(markdown_table(rows))
     print(f"Tables written to {Path(args.out) / 'sweep.md'} and sweep.csv")
     return 0
 
 
 # The report's grid: pooled per-character heads (the dense-layer models support no other), and
-# no parameter budget (two of its models are over 1M).
+# no parameter budget (two of its models are over the default one).
 _SWEEP_DEFAULTS = {"head": "fixed", "max_params": 10**12}
+_SWEEP_SHOWN = {"head": _SWEEP_DEFAULTS["head"], "max_params": "none: the report's grid holds models of 4.8M and 12.8M parameters"}
 
 
 def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
-    from captcha.augment import AUGMENT_LEVELS
-    from captcha.models import HEAD_TYPES, list_models
-    from captcha.preprocess import list_preprocessors
+    """Every TrainConfig field as a flag; the sweep's own flags (its models, preprocessors and
+    folder) replace the ones naming one run."""
+    from captcha.options import add_options
+    from captcha.sweep import GridConfig
     from captcha.train import TrainConfig
-    from captcha.tta import TTA_VIEWS
 
-    d = TrainConfig()
-    p.add_argument("--data", help="labeled image folder (default: the built-in generated CAPTCHA set)")
     if not sweep:
-        p.add_argument("--model", choices=list_models("recognition"), help=f"architecture (default {d.model})")
-        p.add_argument("--preprocess", choices=list_preprocessors(), help=f"preprocessor (default {d.preprocess})")
-        p.add_argument("--out", help=f"run directory (default {d.out})")
-        p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run from OUT/last.pt")
-    head_default = _SWEEP_DEFAULTS["head"] if sweep else d.head
-    p.add_argument("--head", choices=HEAD_TYPES, help=f"fixed per-character heads, attention heads, or CTC for variable length (default {head_default})")
-    p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
-    p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
-    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help=f"default {d.optimizer}")
-    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay} (AdamW's decoupled decay; with --optimizer adam or sgd "
-                   "it is an L2 penalty, where about 1e-4 suits)")
-    p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), help=f"default {d.schedule}")
-    p.add_argument("--label-smoothing", type=float, help=f"share of each character's target spread evenly over all symbols, "
-                   f"a regulariser for small labeled sets (default {d.label_smoothing}; 0 = off; not used by --head ctc)")
-    p.add_argument("--ema", type=float, help=f"decay of a moving average of the weights that is validated and saved, e.g. 0.999 (default {d.ema}: off)")
-    p.add_argument("--augment", choices=AUGMENT_LEVELS, help=f"random augmentation on the training device (default {d.augment})")
-    p.add_argument("--augment-views", type=int, help=f"independently augmented copies of each image in every step (batch augmentation; "
-                   f"default {d.augment_views}); 2 with half the --batch-size and half the --epochs does the same work")
-    p.add_argument("--tta", type=int, choices=sorted(TTA_VIEWS), help=f"views read per image when evaluating and serving: the image "
-                   f"and its one-pixel shifts, averaged (default {d.tta}; 1 = off, a fifth of the model work per image of 5)")
-    p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto (CUDA when available)")
-    p.add_argument("--patience", type=int, help="stop after this many epochs without a better val score (default 0: never)")
-    budget = "none: the report's grid holds models of 4.8M and 12.8M parameters" if sweep else f"{d.max_params:,}"
-    p.add_argument("--max-params", type=int, help=f"refuse a model with more parameters (default {budget})")
-    p.add_argument("--alphabet", help="symbols, in class order (default: inferred from the training labels)")
-    p.add_argument("--length", type=int, help="characters per CAPTCHA (default: inferred from the training labels)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input size (default 50 130)")
-    p.add_argument("--skip-bad", action="store_true", default=None, help="leave bad files out with a warning instead of stopping")
-    p.add_argument("--cache-dir", help="where preprocessed datasets are cached (default ~/.cache/captchakit)")
-    p.add_argument("--init", help="pretrained: the shipped synthetic pre-training weights when they match model, preprocessor and head; "
-                   "none: random; or a checkpoint/run to fine-tune (default pretrained)")
-    p.add_argument("--unlabeled", help="folder of unlabeled images of the same style: pseudo-labeled during training "
-                   "(from a third of the epochs on) and added to every batch")
-    p.add_argument("--pseudo-threshold", type=float, help=f"use a pseudo-label only when every character's probability "
-                   f"reaches this (confidences rescaled for label smoothing, as `captcha predict` reports them; default {d.pseudo_threshold})")
-    p.add_argument("--teacher", help="a trained run (any size, same alphabet, length and preprocessor) to distil from")
-    p.add_argument("--distill-weight", type=float, help=f"share of the distillation loss, with --teacher (default {d.distill_weight})")
-    p.add_argument("--distill-temperature", type=float, help=f"softmax temperature, with --teacher (default {d.distill_temperature})")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory layout (default on)")
-    p.add_argument("--plot-format", choices=("png", "svg"), help=f"learning curves and confusion matrix as (default {d.plot_format})")
-    p.add_argument("--tensorboard", nargs="?", const="", metavar="DIR", help="log curves, misread images and settings for "
-                   "TensorBoard in DIR (default OUT/tensorboard); needs the tensorboard extra")
+        add_options(p, TrainConfig)
+        return
+    add_options(p, TrainConfig, skip=("model", "preprocess", "out", "resume"), shown=_SWEEP_SHOWN)
+    add_options(p, GridConfig, keep_defaults=True)
 
 
 def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
@@ -284,13 +237,20 @@ def build_light_parser(module: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    parser, sub = _top_parser()
+    _add_data_verbs(sub)
+    _add_run_verbs(sub)
+    for module in _EXTENSIONS:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def _add_data_verbs(sub: argparse._SubParsersAction) -> None:
+    """generate, styles, preview, models: the verbs that draw, show and list."""
     from captcha.constants import DEFAULT_ALPHABET, DEFAULT_LENGTH, DEFAULT_MAX_PARAMS, DEFAULT_SPLITS, INPUT_HEIGHT, INPUT_WIDTH
     from captcha.generate import MIX, STYLES
-    from captcha.models import HEAD_TYPES, list_models
+    from captcha.models import HEAD_TYPES
     from captcha.preprocess import list_preprocessors
-    from captcha.tta import TTA_VIEWS
-
-    parser, sub = _top_parser()
 
     p = sub.add_parser("generate", help="draw a synthetic labeled CAPTCHA set")
     p.add_argument("out", help="output folder (train/ val/ test/ subfolders)")
@@ -325,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS)
     p.set_defaults(func=_cmd_models)
 
+
+def _add_run_verbs(sub: argparse._SubParsersAction) -> None:
+    """train, evaluate, predict, sweep: the verbs that train and use runs."""
+    from captcha.runtime import DEVICES
+    from captcha.tta import TTA_VIEWS
+
     p = sub.add_parser("train", help="train a recognizer (default: sepnet on the built-in generated set)")
     _add_training_flags(p)
     p.set_defaults(func=_cmd_train)
@@ -333,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or checkpoint")
     p.add_argument("--data", required=True, help="labeled folder (its test/ split when it has one)")
     p.add_argument("--split", choices=("train", "val", "test"), help="which split (default test): a subfolder, or, for the flat folder the run trained on, that part of its seeded 80/10/10 split")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--skip-bad", action="store_true", help="leave bad files out instead of stopping")
     p.add_argument("--json", action="store_true", help="print one JSON object (with every misread image)")
     p.add_argument("--errors", metavar="PNG", help="draw the misread images, truth -> prediction, into this picture")
@@ -344,20 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="recognize images with a trained run")
     p.add_argument("run", help="run directory or checkpoint")
     p.add_argument("images", nargs="+", help="image files, or folders of them")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("sweep", help="train the model x preprocessor grid and tabulate it")
     _add_training_flags(p, sweep=True)
-    p.add_argument("--models", nargs="+", default=list_models("recognition"), choices=list_models("recognition"))
-    p.add_argument("--preprocessors", nargs="+", default=["original", "denoise", "denoise2"], choices=list_preprocessors())
-    p.add_argument("--out", default="runs/sweep")
     p.set_defaults(func=_cmd_sweep, **_SWEEP_DEFAULTS)
-
-    for module in _EXTENSIONS:
-        importlib.import_module(module).register(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
