@@ -2,7 +2,8 @@
 module's private names, the trainer imported only from above, short functions, and no
 measurements in comments.
 
-Everything here reads `captcha/`'s source with `ast` and `tokenize`; nothing is trained.
+Everything here reads the source of `captcha/` (and, for imports and comments, `serving/`) with
+`ast` and `tokenize`; nothing is trained.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "captcha"
+SERVING = ROOT / "serving"
 
 # Every module of `captcha/` and its layer; an import may point to its own layer or a lower one.
+# RUNTIME is what reads a trained model (checkpoints, inference, evaluation, the task contract);
+# TRAINING is what makes one; TOP the verbs and pipelines that drive both.
 UTILITIES, DATA, RUNTIME, TRAINING, TOP = range(5)
 LAYERS = {
     "captcha": UTILITIES, "captcha.constants": UTILITIES, "captcha.alphabet": UTILITIES, "captcha.imageio": UTILITIES,
@@ -26,10 +30,10 @@ LAYERS = {
     "captcha.models.resnet": DATA, "captcha.models.sepnet": DATA, "captcha.models.classifiers": DATA,
     "captcha.classify": DATA, "captcha.classify.data": DATA, "captcha.classify.shapes": DATA,
     "captcha.runtime": RUNTIME, "captcha.checkpoint": RUNTIME, "captcha.pretrained": RUNTIME, "captcha.distill": RUNTIME,
-    "captcha.tasks": RUNTIME,
+    "captcha.tasks": RUNTIME, "captcha.inference": RUNTIME, "captcha.classify.recipes": RUNTIME, "captcha.classify.evaluate": RUNTIME,
+    "captcha.classify.svm": RUNTIME,
     "captcha.train_config": TRAINING, "captcha.recognition": TRAINING, "captcha.pseudo_labels": TRAINING, "captcha.train": TRAINING,
-    "captcha.sweep": TRAINING, "captcha.inference": TRAINING, "captcha.classify.recipes": TRAINING, "captcha.classify.train": TRAINING,
-    "captcha.classify.evaluate": TRAINING, "captcha.classify.svm": TRAINING, "captcha.classify.sweep": TRAINING,
+    "captcha.sweep": TRAINING, "captcha.classify.train": TRAINING, "captcha.classify.sweep": TRAINING,
     "captcha.cli": TOP, "captcha.__main__": TOP, "captcha.export": TOP, "captcha.pretrain": TOP, "captcha.classify.cli": TOP,
 }
 # The modules that may import the trainer: the CLI, the sweeps, pre-training and the
@@ -47,12 +51,20 @@ def _module_name(path: Path) -> str:
 
 SOURCES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 TREES = {name: ast.parse(path.read_text(), str(path)) for name, path in SOURCES.items()}
+# The server sits above the whole library: it may import any layer of `captcha`, but no private
+# name and not the trainer. Its generated gRPC stubs are left out (protoc writes them).
+SERVING_SOURCES = {_module_name(p): p for p in sorted(SERVING.rglob("*.py")) if not p.name.endswith(("_pb2.py", "_pb2_grpc.py"))}
+TREES.update({name: ast.parse(path.read_text(), str(path)) for name, path in SERVING_SOURCES.items()})
+
+
+def _path(name: str) -> Path:
+    return SOURCES.get(name) or SERVING_SOURCES[name]
 
 
 def _imports(name: str) -> list[tuple[int, str, list[str]]]:
     """(line, imported module, imported names) for every import of a `captcha` module in `name`,
     at module level or inside functions."""
-    package = name if SOURCES[name].name == "__init__.py" else name.rpartition(".")[0]
+    package = name if _path(name).name == "__init__.py" else name.rpartition(".")[0]
     found = []
     for node in ast.walk(TREES[name]):
         if isinstance(node, ast.Import):
@@ -87,8 +99,8 @@ def test_imports_point_down_the_layers():
 
 def test_nothing_imports_another_modules_private_names():
     leaks = []
-    for name in SOURCES:
-        package = name if SOURCES[name].name == "__init__.py" else name.rpartition(".")[0]
+    for name in [*SOURCES, *SERVING_SOURCES]:
+        package = name if _path(name).name == "__init__.py" else name.rpartition(".")[0]
         for line, target, names in _imports(name):
             private_part = next((p for p in target.split(".") if _is_private(p)), None)
             if private_part and not target.startswith(package + ".") and target != name:
@@ -110,7 +122,7 @@ def _imported_closure(start: str) -> set[str]:
 
 
 def test_inference_does_not_depend_on_the_trainer():
-    for module in ("captcha.inference", "captcha.classify.evaluate", "captcha.runtime", "captcha.export"):
+    for module in ("captcha.inference", "captcha.classify.evaluate", "captcha.runtime", "captcha.export", *SERVING_SOURCES):
         assert "captcha.train" not in _imported_closure(module), module
 
 
@@ -149,6 +161,7 @@ def test_the_measurement_pattern_tells_figures_from_facts():
 
 
 def test_no_measurement_in_a_comment():
-    found = [f"{path.relative_to(ROOT)}:{line}: {text.strip()}" for path in SOURCES.values() for line, text in _comments(path)
+    paths = [*SOURCES.values(), *SERVING_SOURCES.values()]
+    found = [f"{path.relative_to(ROOT)}:{line}: {text.strip()}" for path in paths for line, text in _comments(path)
              if MEASUREMENT.search(text)]
     assert not found, "figures belong in docs/ or benchmarks/ output:\n" + "\n".join(found)
