@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -148,8 +149,8 @@ def _read_props(onnx_path: Path) -> dict[str, str]:
 
 
 def _check_name(name: str) -> None:
-    if not name or name != Path(name).name or name.startswith("."):
-        raise ValueError(f"--name {name!r}: a Triton model name is one folder name (letters, digits, '_', '-'), e.g. captcha")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"--name {name!r}: a Triton model name is one folder name of letters, digits, '_', '-' and '.', e.g. captcha")
 
 
 def _write_models(stage: Path, name: str, onnx: ExportResult, max_batch_size: int) -> dict[str, str]:

@@ -337,8 +337,10 @@ def test_every_config_parses_against_tritons_schema(exported, schema) -> None:
     import onnx
     from google.protobuf import text_format
 
-    repo = exported["repo"]
+    repo, written = exported["repo"], exported["written"]
     assert sorted(p.name for p in repo.iterdir()) == ["captcha", "captcha_onnx", "captcha_postprocess", "captcha_preprocess"]
+    assert written.ensemble == repo / "captcha" and sorted(written.models) == sorted(repo.iterdir())
+    assert written.onnx.path == repo / "captcha_onnx" / "1" / "model.onnx" and written.onnx.agree
     configs = {d.name: parse_config(schema, d / "config.pbtxt") for d in repo.iterdir()}
     assert all(config.name == folder for folder, config in configs.items())  # Triton requires the folder's name
     check_ensemble_wiring(configs, "captcha")
@@ -417,7 +419,7 @@ def test_python_models_run_without_torch(export_of, tmp_path) -> None:
         loaded = sorted(m for m in ("torch", "torchvision", "onnxruntime", "onnx") if m in sys.modules)
         print(json.dumps({{"shape": list(batch.shape), "text": post.output_tensors()[0].as_numpy()[0, 0].decode(), "loaded": loaded}}))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     assert result == {"shape": [1, 1, 50, 130], "text": "2222", "loaded": []}
@@ -448,9 +450,11 @@ def test_cli_replaces_its_own_models_and_keeps_the_rest(export_of, tmp_path, cap
     with pytest.raises(RuntimeError, match="different text"):
         args.func(args)
     assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before  # the earlier export stands, no staging left
-    for name in ("", "a/b", ".hidden"):
+    for name in ("", "a/b", ".hidden", "a b"):
         with pytest.raises(ValueError, match="a Triton model name is one folder name"):
             captcha.export_triton.export_triton(exported["run"], repo, name)
+    with pytest.raises(ValueError, match="a file; name the Triton model repository folder"):
+        captcha.export_triton.export_triton(exported["run"], repo / "other" / "config.pbtxt")
 
 
 def test_text_format_strings_round_trip(schema) -> None:
