@@ -69,10 +69,6 @@ def outside_reason(folder: Path) -> str:
     return f"resolves outside {folder}: only files inside the data folder are read"
 
 
-def _real_folder(folder: Path) -> str:
-    return os.path.realpath(folder)
-
-
 def _lies_in(path: str | Path, real_folder: str) -> bool:
     """Whether `path`, with its symbolic links followed, lies in the resolved `real_folder`."""
     real = os.path.realpath(path)
@@ -84,7 +80,7 @@ def image_files(folder: Path, problems: list[tuple[str, str]], root: Path | None
     symbolic links are followed; those, and the entries named like images that are not readable
     files, go to `problems`, named where they were found (a folder linked out of `root`, once)."""
     root = root or folder
-    real_root = _real_folder(root)
+    real_root = os.path.realpath(root)
     if not _lies_in(folder, real_root):
         problems.append((str(folder), outside_reason(root)))
         return []
@@ -107,8 +103,9 @@ def _escapes(name: str) -> bool:
 def _read_labels_csv(csv_path: Path, problems: list[tuple[str, str]]) -> dict[str, str] | None:
     """{file name as written: label}, or None without the file. A row that is not
     `filename,label`, and a file listed twice with different labels (however spelled: `a.png`
-    and `./a.png` are one file), go to `problems` (the file is then left out). Spreadsheet exports load too: a UTF-8 byte-order
-    mark, CRLF line ends, and quoted names holding commas or line breaks are read."""
+    and `./a.png` are one file), go to `problems` (the file is then left out). Spreadsheet
+    exports load too: a UTF-8 byte-order mark, CRLF line ends, and quoted names holding commas
+    or line breaks are read."""
     if not os.path.lexists(csv_path):
         return None
     labels: dict[str, str] = {}  # by the name made plain (`_plain_name`)
@@ -143,7 +140,7 @@ def _labels_text(csv_path: Path) -> str:
     spreadsheets save them; any other encoding is refused by name rather than guessed, and so is
     a labels file that is not a readable file inside its folder."""
     reason = file_problem(csv_path)
-    if reason is None and not _lies_in(csv_path, _real_folder(csv_path.parent)):
+    if reason is None and not _lies_in(csv_path, os.path.realpath(csv_path.parent)):
         reason = outside_reason(csv_path.parent)
     if reason is not None:
         raise DataError([(str(csv_path), reason)], f"unreadable {csv_path.name}", hint=None)
@@ -174,7 +171,7 @@ def scan_folder(folder: str | Path, problems: list[tuple[str, str]] | None = Non
         raise FileNotFoundError(f"{folder}: no such data folder")
     found: list[tuple[str, str]] = []
     root = Path(root) if root is not None else folder
-    if not _lies_in(folder, _real_folder(root)):
+    if not _lies_in(folder, os.path.realpath(root)):
         found.append((str(folder), outside_reason(root)))
         samples: list[Sample] = []
     else:
@@ -195,7 +192,7 @@ def _listed_samples(folder: Path, csv_labels: dict[str, str], problems: list[tup
     go to `problems`. Images in `folder` that the labels file does not list are left out, and a
     note on stderr says so."""
     samples = []
-    real_folder = _real_folder(folder)
+    real_folder = os.path.realpath(folder)
     for name, label in csv_labels.items():
         path = folder / _plain_name(name)
         if "\0" in name:
@@ -255,26 +252,32 @@ def load_splits(folder: str | Path, seed: int = 0, problems: list[tuple[str, str
         if own:
             raise DataError([(str(folder / s / LABELS_CSV), f"{folder / LABELS_CSV} labels the split folders too: keep one of the two") for s in own],
                             f"two label files in {folder}", hint=None)
-        by_split: dict[str, dict[str, str]] = {s: {} for s in SPLITS}
-        for name, label in top_labels.items():
-            split, _, rest = _plain_name(name).replace("\\", "/").partition("/")
-            if _escapes(name):
-                found.append((str(folder / name), f"listed in {LABELS_CSV} but {outside_reason(folder)}"))
-            elif split in by_split and rest:
-                by_split[split][rest] = label
-            else:
-                found.append((str(folder / name), f"listed in {folder / LABELS_CSV} outside train/, val/ and test/"))
-        real_root = _real_folder(folder)
-        for s in SPLITS:
-            if by_split[s] and not _lies_in(folder / s, real_root):  # a split folder linked elsewhere
-                found.append((str(folder / s), outside_reason(folder)))
-                by_split[s] = {}
-        splits = {s: _listed_samples(folder / s, by_split[s], found) for s in SPLITS}
+        splits = _top_labelled_splits(folder, top_labels, found)
     if problems is None:
         _raise_problems(found, f"bad labels in {folder}")
     else:
         problems += found
     return splits
+
+
+def _top_labelled_splits(folder: Path, top_labels: dict[str, str], problems: list[tuple[str, str]]) -> dict[str, list[Sample]]:
+    """The samples of each split that the labels file at the top of `folder` lists (`train/0001.png`);
+    entries outside the split folders, and split folders linked out of `folder`, go to `problems`."""
+    by_split: dict[str, dict[str, str]] = {s: {} for s in SPLITS}
+    for name, label in top_labels.items():
+        split, _, rest = _plain_name(name).replace("\\", "/").partition("/")
+        if _escapes(name):
+            problems.append((str(folder / name), f"listed in {LABELS_CSV} but {outside_reason(folder)}"))
+        elif split in by_split and rest:
+            by_split[split][rest] = label
+        else:
+            problems.append((str(folder / name), f"listed in {folder / LABELS_CSV} outside train/, val/ and test/"))
+    real_root = os.path.realpath(folder)
+    for s in SPLITS:
+        if by_split[s] and not _lies_in(folder / s, real_root):  # a split folder linked elsewhere
+            problems.append((str(folder / s), outside_reason(folder)))
+            by_split[s] = {}
+    return {s: _listed_samples(folder / s, by_split[s], problems) for s in SPLITS}
 
 
 def check_labels(samples: list[Sample], alphabet: Alphabet, length: int | None) -> list[tuple[str, str]]:

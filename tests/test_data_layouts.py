@@ -226,6 +226,8 @@ def test_links_out_of_a_folder_without_labels_csv_and_split_folders_linked_elsew
     problems: list = []
     assert [s.path.name for s in scan_folder(data, problems)] == ["ab12_0.png"]
     assert sorted(problems) == [(str(data / n), f"resolves outside {data}: only files inside the data folder are read") for n in ("zz99_1.png", "zz99_2.png")]
+    (tmp_path / "via").symlink_to(data)  # the data folder itself may be reached through a link
+    assert [s.path.name for s in scan_folder(tmp_path / "via", [])] == ["ab12_0.png"]
     top = tmp_path / "top"
     _write(top / "val" / "ab12_0.png")
     (top / "train").symlink_to(tmp_path / "outside")  # a split folder that leads out of the data folder
