@@ -6,8 +6,11 @@ PNG, a JPEG, a GIF, a palette or 16-bit image gives the same pixels everywhere.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import re
+import stat
 import struct
 import warnings
 from pathlib import Path
@@ -32,12 +35,40 @@ class ImageDecodeError(ValueError):
         return type(self), (self.source, self.reason)
 
 
-def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+def list_images(folder: str | Path, recursive: bool = False, problems: list[tuple[str, str]] | None = None) -> list[Path]:
     """The image files in `folder` (by extension, any case), sorted; with `recursive`, in its
-    sub-folders too. The one place that decides which files count as images."""
+    sub-folders too. The one place that decides which files count as images. Entries named like
+    images that are not readable files (a broken link, a link loop, a folder, a pipe) are left
+    out; with `problems`, each is added to it as (path, reason)."""
     folder = Path(folder)
     candidates = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    found = []
+    for path in candidates:
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        reason = file_problem(path)
+        if reason is None:
+            found.append(path)
+        elif problems is not None and not (recursive and path.is_dir() and not path.is_symlink()):  # a walk goes into a folder
+            problems.append((str(path), reason))
+    return sorted(found)
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be read as an image file, in a few words; None for a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if os.path.islink(path):
+            return "a broken symbolic link (its target is missing)"
+        return "missing" if exc.errno in (errno.ENOENT, errno.ENOTDIR) else f"cannot read ({exc.strerror})"
+    except ValueError:  # a NUL character in the name
+        return "not a file name (it holds a NUL character)"
+    if stat.S_ISDIR(mode):
+        return "a folder, not an image file"
+    return None if stat.S_ISREG(mode) else "not a regular file"
 
 
 def header_pixels(data: bytes) -> int | None:

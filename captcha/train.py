@@ -530,7 +530,10 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
     last_path = run_dir / ckpt.LAST
     resume_state = None
     device = resolve_device(config.device)
-    if config.resume and last_path.exists():
+    if config.resume and not last_path.exists():  # a typo in --out, or a run cut short before its first epoch ended
+        raise FileNotFoundError(f"--resume: no {last_path} to continue (a run writes it at the end of each epoch); "
+                                "check --out, or start the run without --resume")
+    if config.resume:
         resume_state = ckpt.read_checkpoint_file(last_path)
         saved = {k: v for k, v in resume_state["config"].items() if k in {f.name for f in fields(TrainConfig)}}
         saved.update(device=config.device, out=config.out)
@@ -540,8 +543,6 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
             log(f"Resuming {run_dir} from epoch {resume_state['epoch']} of {config.epochs}")
             if ignored:
                 log("--resume continues the run with the settings it was started with; ignoring " + ", ".join(ignored))
-    elif config.resume and dist.is_main():
-        log(f"No {last_path} to resume from; starting a new run")
 
     torch.manual_seed(config.seed)
     data_dir = Path(config.data) if config.data else default_data_dir(config.cache_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import shutil
 import struct
 import tempfile
@@ -336,3 +337,31 @@ def test_mnist_resizes_as_the_exported_preprocessor_does(tmp_path):
     digits = np.random.default_rng(0).integers(0, 255, (3, 28, 28), dtype=np.uint8)
     stacked = _resize_stack(digits, (10, 10), 1)
     assert all(np.array_equal(stacked[i, 0], resize(digits[i], (10, 10))) for i in range(3))
+
+
+def test_image_folder_files_outside_the_root_and_broken_entries_are_named(tmp_path, shapes):
+    root = tmp_path / "tree"
+    shutil.copytree(shapes, root)
+    outside = _shapes(tmp_path / "outside", per_class=2)
+    (root / "circle" / "from_outside.png").symlink_to(outside / "circle" / "0001.png")
+    (root / "circle" / "gone.png").symlink_to(outside / "circle" / "none.png")  # outside and dangling: "outside" too
+    (root / "ring" / "dangling.png").symlink_to(root / "ring" / "none.png")
+    (root / "ring" / "loop.png").symlink_to(root / "ring" / "loop.png")
+    os.mkfifo(root / "square" / "pipe.png")  # reading it would block for ever
+    (root / "star").symlink_to(outside / "cross", target_is_directory=True)  # a whole class folder linked out of the root
+    with pytest.raises(DataError) as info:
+        load_data(root, (16, 16), 3, cache_dir=False)
+    outside_reason = f"resolves outside {root}: only files inside the data folder are read"
+    assert sorted(info.value.problems) == sorted([
+        (str(root / "circle" / "from_outside.png"), outside_reason), (str(root / "circle" / "gone.png"), outside_reason),
+        (str(root / "star"), outside_reason),
+        (str(root / "ring" / "dangling.png"), "a broken symbolic link (its target is missing)"),
+        (str(root / "ring" / "loop.png"), "a symbolic link loop"),
+        (str(root / "square" / "pipe.png"), "not a regular file"),
+    ])
+    split_root = tmp_path / "split_tree"  # a split folder linked elsewhere: its files are outside too
+    shutil.copytree(shapes, split_root / "train")
+    (split_root / "val").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DataError) as info:
+        load_data(split_root, (16, 16), 3, cache_dir=False)
+    assert {p for p, _ in info.value.problems} == {str(split_root / "val" / c) for c in CLASSES}
