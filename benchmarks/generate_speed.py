@@ -7,8 +7,9 @@ Draws `--images` labeled images of each style with `captcha.synth_stream.stream_
 of 64, preprocessed by `--preprocess` into the training layout, as a pre-training run would read
 them), once per `--workers` setting (1: this process; 0: one process per core), and prints a
 Markdown table naming the machine: wall-clock images/s, images/s per worker process, and CPU
-milliseconds per image (this process and its workers, user + system), which a busy shared machine
-disturbs less than the wall clock. `mix+fonts` writes in the installed Debian font packages
+milliseconds per image (this process and its workers, user + system) and its inverse, images per
+CPU-second: what one free core draws, which a busy shared machine disturbs less than the wall
+clock. `mix+fonts` writes in the installed Debian font packages
 (`captcha.font_packages`; vetting them first takes about half a minute, not counted); without
 them that row is left out. `--write` adds rows for `captcha generate`'s path (drawing and
 writing PNG files with `generate_dataset(workers=...)`). A pool's start (spawning workers and
@@ -92,11 +93,11 @@ def main() -> None:
 
     print(f"\nMachine: {describe()}; load average {os.getloadavg()[0]:.1f} at the end\n")
     print(f"{args.images} images of 50 x 130 pixels per row, {len(PRETRAIN_ALPHABET)} symbols, 4 characters\n")
-    print("| style | path | worker processes | wall s | images/s | images/s per worker | CPU ms per image |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| style | path | worker processes | wall s | images/s | images/s per worker | CPU ms per image | images per CPU-second |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, path, workers, wall, cpu in rows:
         rate = args.images / wall
-        print(f"| {name} | {path} | {workers} | {wall:.1f} | {rate:.0f} | {rate / workers:.0f} | {cpu / args.images * 1000:.1f} |")
+        print(f"| {name} | {path} | {workers} | {wall:.1f} | {rate:.0f} | {rate / workers:.0f} | {cpu / args.images * 1000:.1f} | {args.images / cpu:.0f} |")
 
 
 if __name__ == "__main__":

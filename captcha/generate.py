@@ -76,6 +76,7 @@ class Style:
     texture: str = "none"  # none | grain | blotches | stripes | grid: drawn over the background
     color_noise: float = 0.0  # sigma of per-pixel colour noise at final resolution
     jpeg_quality: int = 0  # 0: none; else the image goes through JPEG at this quality, last
+    contrast: float = 0.0  # least luminance gap (0-255) of text colours to the background's mean; 0: any
     description: str = ""
 
 
@@ -205,9 +206,13 @@ MIX = "mix"  # pseudo-style: every image recombines the pre-training styles' tra
 # Variety that only the `mix` pseudo-style draws (a value per image, uniformly in these ranges; a
 # (low, high) trait gets a sub-range): every glyph is stretched and elastically bent, font files
 # drawn bolder or thinner, and colour noise added, so pre-training sees many more letter shapes
-# than five Hershey fonts, yet never a held-out font. Named styles, the evaluation styles among
-# them, keep the no-op defaults.
-MIX_VARIETY = {"glyph_aspect": (0.7, 1.35), "glyph_elastic": (0.0, 0.25), "font_stroke": (-2, 2), "color_noise": (2.0, 10.0)}
+# than five Hershey fonts, yet never a held-out font; text colours keep a least contrast to the
+# background, as a CAPTCHA meant for people does. Named styles, the evaluation styles among them,
+# keep the no-op defaults.
+MIX_VARIETY = {
+    "glyph_aspect": (0.7, 1.35), "glyph_elastic": (0.0, 0.25), "font_stroke": (-2, 2), "color_noise": (2.0, 10.0),
+    "contrast": (50.0, 110.0),
+}
 # Traits the `mix` draws from a wider range than any named pre-training style has, drawn as
 # MIX_VARIETY is: strokes from hairline to bold (at 2x), glyphs from small to large, gaps to
 # overlaps, no curve to two thick ones, blur.
@@ -420,17 +425,20 @@ def _sine_warp(rng: np.random.Generator, img: np.ndarray, amplitude: float) -> n
     return cv2.remap(img, xs + dx, ys + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def render(text: str, style: Style, rng: np.random.Generator, size: tuple[int, int] = INPUT_SIZE) -> np.ndarray:
-    """Draw one CAPTCHA of `text`; returns uint8 BGR at `size` (H, W)."""
-    out_h, out_w = size
-    h, w = out_h * 2, out_w * 2  # draw at 2x, then shrink: smoother glyph edges
-    img = _background(rng, style, h, w)
-    if style.texture != "none":
-        img = _texture(rng, img, style.texture)
-    text_color = _color(rng, _MONO_COLORS.get(style.text_color, style.text_color))
-    if style.background == "dark" and style.text_color in ("random", "mono"):
-        text_color = _color(rng, "light")
+def _contrasting(color: tuple[int, int, int], background: float, least: float) -> tuple[int, int, int]:
+    """`color` (BGR) shifted away from the `background` luminance until they differ by `least`:
+    darker on a light background, lighter on a dark one."""
+    b, g, r = color
+    luminance = 0.114 * b + 0.587 * g + 0.299 * r
+    if abs(luminance - background) >= least:
+        return color
+    target = background - least if background > 127 else background + least
+    return tuple(int(np.clip(c + target - luminance, 0, 255)) for c in color)
 
+
+def _draw_text(rng: np.random.Generator, img: np.ndarray, style: Style, text: str, text_color: tuple[int, int, int], background: float) -> None:
+    """Paint the glyphs of `text` side by side, squeezed to fit the width (on `img`, at 2x)."""
+    h, w = img.shape[:2]
     glyphs = [_glyph(rng, style, ch, h) for ch in text]
     overlaps = [rng.uniform(*style.overlap) for _ in glyphs]
     total = sum(g.shape[1] * (1 - o) for g, o in zip(glyphs, overlaps))
@@ -442,11 +450,15 @@ def render(text: str, style: Style, rng: np.random.Generator, size: tuple[int, i
     for glyph, overlap in zip(glyphs, overlaps):
         y = int((h - glyph.shape[0]) / 2 + rng.uniform(-style.jitter, style.jitter) * h)
         color = text_color if style.text_color in _MONO_COLORS else _color(rng, style.text_color)
+        if style.contrast > 0:
+            color = _contrasting(color, background, style.contrast)
         _paint(img, glyph, x, y, color)
         x += int(glyph.shape[1] * (1 - overlap))
 
-    if style.warp > 0:
-        img = _sine_warp(rng, img, style.warp)
+
+def _draw_noise(rng: np.random.Generator, img: np.ndarray, style: Style, text_color: tuple[int, int, int]) -> None:
+    """Draw the style's curves, straight lines and dots over `img` (at 2x)."""
+    h, w = img.shape[:2]
 
     def noise_color(kind: str) -> tuple[int, int, int]:
         if kind == "text":
@@ -454,7 +466,6 @@ def render(text: str, style: Style, rng: np.random.Generator, size: tuple[int, i
         return _color(rng, "light" if style.background == "dark" else "random")
 
     for _ in range(int(rng.integers(style.curves[0], style.curves[1] + 1))):
-        xs = np.linspace(0, w - 1, 60)
         x_a, x_b = rng.uniform(0, 0.25 * w), rng.uniform(0.75 * w, w)
         xs = np.linspace(x_a, x_b, 60)
         mid = h / 2 + rng.uniform(-0.15, 0.15) * h
@@ -473,6 +484,23 @@ def render(text: str, style: Style, rng: np.random.Generator, size: tuple[int, i
         radius = int(rng.integers(style.dot_radius[0], style.dot_radius[1] + 1))
         cv2.circle(img, centre, radius, noise_color(style.dot_color), -1, cv2.LINE_AA)
 
+
+def render(text: str, style: Style, rng: np.random.Generator, size: tuple[int, int] = INPUT_SIZE) -> np.ndarray:
+    """Draw one CAPTCHA of `text`; returns uint8 BGR at `size` (H, W)."""
+    out_h, out_w = size
+    img = _background(rng, style, out_h * 2, out_w * 2)  # draw at 2x, then shrink: smoother glyph edges
+    if style.texture != "none":
+        img = _texture(rng, img, style.texture)
+    text_color = _color(rng, _MONO_COLORS.get(style.text_color, style.text_color))
+    if style.background == "dark" and style.text_color in ("random", "mono"):
+        text_color = _color(rng, "light")
+    background = float(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).mean()) if style.contrast > 0 else 0.0
+    if style.contrast > 0:
+        text_color = _contrasting(text_color, background, style.contrast)
+    _draw_text(rng, img, style, text, text_color, background)
+    if style.warp > 0:
+        img = _sine_warp(rng, img, style.warp)
+    _draw_noise(rng, img, style, text_color)
     img = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_AREA)
     if style.blur > 0:
         img = cv2.GaussianBlur(img, (0, 0), style.blur)
