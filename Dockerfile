@@ -23,9 +23,11 @@ RUN apt-get update \
  && python3 -m venv /opt/venv
 
 WORKDIR /src
-# Dependencies first, in their own layer: a code change does not reinstall them.
+# Dependencies first, in their own layer: a code change does not reinstall them. A CPU-only image
+# leaves out the CUDA and cuDNN wheels: --build-arg CUDA_WHEELS=
+ARG CUDA_WHEELS=[cuda,cudnn]
 COPY requirements/serve.txt ./requirements/
-RUN pip install -r requirements/serve.txt "onnxruntime-gpu[cuda,cudnn]"
+RUN pip install -r requirements/serve.txt "onnxruntime-gpu${CUDA_WHEELS}; platform_machine == 'x86_64'"
 COPY pyproject.toml README.md ./
 COPY captcha ./captcha
 COPY serving ./serving
