@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -186,15 +187,20 @@ def _serving(python: Path, model: Path, cwd: Path):
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)], daemon=True).start()
     try:
-        try:
-            line = lines.get(timeout=START_TIMEOUT_S)
-        except queue.Empty:
-            line = None
-        found = re.search(r" on 127\.0\.0\.1:(\d+)", line or "")
+        found, seen, deadline = None, [], time.monotonic() + START_TIMEOUT_S
+        while not found and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:  # the server exited
+                break
+            seen.append(line)
+            found = re.search(r" on 127\.0\.0\.1:(\d+)", line)
         if not found:
             proc.kill()
             proc.wait()
-            pytest.fail(f"captcha serve did not start: {line!r}\n{log.read_text()[-4000:]}")
+            pytest.fail(f"captcha serve did not start: {''.join(seen)!r}\n{log.read_text()[-4000:]}")
         yield int(found.group(1))
     finally:
         proc.terminate()
