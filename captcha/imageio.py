@@ -152,7 +152,7 @@ def _refusal(header: ImageHeader | None) -> str | None:
 
 # Depth conversion and alpha compositing work through the image this many bytes at a time, so
 # their temporary (float) copies stay small whatever the image's size.
-_STRIP_BYTES = 4 * 1024 * 1024
+_STRIP_BYTES = 1024 * 1024
 
 
 def _strips(image: np.ndarray):
@@ -200,8 +200,11 @@ def _composite_over_white(image: np.ndarray, rgb_order: bool = False) -> np.ndar
     out = np.empty((*image.shape[:2], 3), np.uint8)
     colour = slice(2, None, -1) if rgb_order else slice(0, 3)
     for rows in _strips(image):
-        alpha = image[rows, :, 3:4].astype(np.float32) / 255.0
-        out[rows] = (image[rows, :, colour].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)).round()
+        alpha = image[rows, :, 3:4].astype(np.uint16)
+        mixed = image[rows, :, colour] * alpha  # 255 x (colour x alpha + white x (1 - alpha)), in 16 bits
+        mixed += (255 - alpha) * 255 + 128
+        mixed += mixed >> 8
+        out[rows] = mixed >> 8  # with the two lines above: exactly the rounded composite
     return out
 
 
@@ -250,7 +253,8 @@ def decode_image(data: bytes, source: str = "<bytes>", header: ImageHeader | Non
         if image is None:
             raise ImageDecodeError(source, "not a readable image (truncated or unknown format)")
         return image
-    image = _to_bgr(_to_uint8(image))
+    image = _to_uint8(image)  # one step at a time, so the deeper copy is freed before the next
+    image = _to_bgr(image)
     return _apply_orientation(image, data)
 
 
@@ -322,12 +326,15 @@ def read_image_file(path: str | Path, max_bytes: int = MAX_IMAGE_FILE_BYTES, lim
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise ImageDecodeError(str(path), f"cannot read file ({exc.strerror})") from exc
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
             raise ImageDecodeError(str(path), f"{kind}, not an image file")
-        data = file.read(max_bytes + 1) if info.st_size <= max_bytes else b""
+        with open(fd, "rb", closefd=False) as file:
+            data = file.read(max_bytes + 1) if info.st_size <= max_bytes else b""
+    finally:
+        os.close(fd)
     if info.st_size > max_bytes or len(data) > max_bytes:  # too large on disk, or grew while read
         where = f" ({limit_name})" if limit_name else ""
         raise ImageDecodeError(str(path), f"{max(info.st_size, len(data)) / 2**20:.2f} MB, over the "
