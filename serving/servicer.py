@@ -239,9 +239,10 @@ def _infer_image_count(request, engine: Engine) -> int:
             raise _invalid("contents must not be given when raw_input_contents is used")
         if len(request.raw_input_contents) != len(request.inputs):
             raise _invalid(f"{len(request.raw_input_contents)} raw_input_contents entries for {len(request.inputs)} input tensor")
+    elif not given:
+        raise _invalid(f"input {INFER_INPUT!r} has no data: give its images in bytes_contents or raw_input_contents")
     elif given != ["bytes_contents"]:
-        raise _invalid(f"input {INFER_INPUT!r} takes its images in bytes_contents or raw_input_contents, "
-                       f"not {', '.join(given) or 'nothing'}")
+        raise _invalid(f"input {INFER_INPUT!r} takes its images in bytes_contents or raw_input_contents, not {', '.join(given)}")
     elif len(tensor.contents.bytes_contents) != count:
         raise _invalid(f"input shape {shape} does not match its {len(tensor.contents.bytes_contents)} element(s)")
     return count
