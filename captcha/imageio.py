@@ -188,9 +188,10 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     low, high = _value_range(image)
     scale = 255.0 / (high - low) if high > low else 0.0
     out = np.empty(image.shape, np.uint8)
-    for rows in _strips(image):
-        scaled = (image[rows].astype(np.float32) - np.float32(low)) * np.float32(scale)
-        out[rows] = np.clip(np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0), 0, 255).round()
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and infinities are mapped below
+        for rows in _strips(image):
+            scaled = (image[rows].astype(np.float32) - np.float32(low)) * np.float32(scale)
+            out[rows] = np.clip(np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0), 0, 255).round()
     return out
 
 
