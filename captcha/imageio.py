@@ -2,6 +2,11 @@
 
 Training, evaluation, prediction and the server all read images through `decode_image`, so a
 PNG, a JPEG, a GIF, a palette or 16-bit image gives the same pixels everywhere.
+
+Nothing is decoded before its header is read (`read_header`): an image over `MAX_IMAGE_PIXELS`
+pixels or `MAX_DECODED_BYTES` of decoded samples is refused unread, and conversion to 8 bits
+works in strips, so one decode holds little more than the decoder's own output. Files are read
+through `read_image_file`: regular files only, their size checked before reading.
 """
 
 from __future__ import annotations

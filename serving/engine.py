@@ -7,10 +7,11 @@ processes. The model runs in each model's `DynamicBatcher`. Failures become
 `RpcAbort(code, message)`, which the servicers turn into gRPC statuses (or per-item errors in
 batch and stream calls).
 
-Decoding memory is bounded per server process whatever `--workers` is: each of the W workers
-takes only images whose decode peaks (by their header) under `DECODE_BUDGET_BYTES / W`, and
-larger ones are decoded one at a time in one more thread, so decodes hold at most about
-`DECODE_BUDGET_BYTES` plus one large image, and large images never hold up the workers.
+Decoding memory is bounded per server process whatever `--workers` is: each of the W worker
+threads (and P worker processes) takes only images whose decode peaks, by their header, under
+`DECODE_BUDGET_BYTES / (W + P)`, and larger ones are decoded one at a time in one more thread, so
+decodes hold at most about `DECODE_BUDGET_BYTES` plus one large image, and large images never
+hold up the workers.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Engine:
         self.processes = max(0, processes)
         self.procs = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) if processes > 0 else None
         budget = decode_budget_bytes or constants.DECODE_BUDGET_BYTES
-        self.worker_peak_bytes = budget // (self.processes or self.workers)  # larger images go to `large_images`
+        self.worker_peak_bytes = budget // (self.workers + self.processes)  # larger images go to `large_images`
         self.large_images = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-large")
         self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
         self.entries: dict[str, Entry] = {}
