@@ -9,8 +9,9 @@ left as they are (the recognizer's stream reader already turns a bad message int
 INVALID_ARGUMENT).
 
 A request larger than `INLINE_PARSE_MAX_BYTES` is parsed in a worker thread rather than on the
-event loop: a few MB of a million empty repeated items take protobuf long enough to stall every
-other call.
+event loop, and only once a walk over its wire format (no parse) has counted at most
+`MAX_REQUEST_FIELDS` fields in it: protobuf parses a few MB of a million empty repeated items
+in one call that holds the GIL, which would stall every other call even from a thread.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ import asyncio
 from typing import Any, Callable, Optional
 
 import grpc
+from google.protobuf import descriptor_pool
 
-
-INLINE_PARSE_MAX_BYTES = 64 * 1024  # larger requests are parsed off the event loop
+INLINE_PARSE_MAX_BYTES = 64 * 1024  # larger requests are parsed off the event loop ...
+MAX_REQUEST_FIELDS = 16_384  # ... and refused unparsed when they hold more fields (each repeated item counts)
+REASON_MAX_CHARS = 300  # of a parser's error repeated in the status message
 
 
 class UnreadableRequest:
-    """Stands in for a request whose bytes did not parse."""
+    """Stands in for a request that is not parsed: `reason` says why."""
 
-    def __init__(self, error: Exception) -> None:
-        self.error = error
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 class UnparsedRequest:
@@ -38,24 +41,78 @@ class UnparsedRequest:
         self.data = data
 
 
-def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
-    """A parser that returns `UnreadableRequest` instead of raising."""
+def _varint(data: bytes, pos: int, end: int) -> tuple[int | None, int]:
+    """The protobuf varint at `pos` and the position after it (None: cut short or over 10 bytes)."""
+    value = shift = 0
+    while pos < end and shift < 70:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    return None, pos
+
+
+def fields_over(data: bytes, message, limit: int) -> bool:
+    """Whether `data`, a serialized message of descriptor `message`, holds more than `limit`
+    fields at every depth (each item of a repeated field counts; a packed array counts once),
+    by walking its wire format without parsing it. Stops past `limit`; framing that does not
+    hold together is left to the parser to refuse."""
+    stack, count = [(0, len(data), message)], 0
+    while stack:
+        pos, end, descriptor = stack.pop()
+        while pos < end:
+            key, pos = _varint(data, pos, end)
+            count += 1
+            if key is None or count > limit:
+                return key is not None
+            wire = key & 7
+            if wire == 0:
+                _, pos = _varint(data, pos, end)
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            elif wire == 2:
+                length, pos = _varint(data, pos, end)
+                if length is None or pos + length > end:
+                    return False
+                field = descriptor.fields_by_number.get(key >> 3) if descriptor else None
+                if field is not None and field.message_type is not None:
+                    stack.append((pos, pos + length, field.message_type))
+                pos += length
+            else:  # groups: not in proto3
+                return False
+    return False
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None, message=None) -> Callable[[bytes], Any]:
+    """A parser that returns `UnreadableRequest` instead of raising, and (given the message's
+    descriptor) refuses a large request of too many fields before parsing it."""
 
     def parse(data: bytes) -> Any:
+        if message is not None and len(data) > INLINE_PARSE_MAX_BYTES and fields_over(data, message, MAX_REQUEST_FIELDS):
+            return UnreadableRequest(f"more than {MAX_REQUEST_FIELDS:,} fields (repeated items included) in one request; "
+                                     "send fewer per call")
         try:
             return deserialize(data) if deserialize else data
         except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's bad bytes
-            return UnreadableRequest(exc)
+            return UnreadableRequest(f"unreadable request ({type(exc).__name__}: {exc})"[:REASON_MAX_CHARS])
 
     return parse
+
+
+def _request_descriptor(service: str, method: str):
+    """The descriptor of `service`/`method`'s request message, when the default pool knows it."""
+    try:
+        return descriptor_pool.Default().FindServiceByName(service).FindMethodByName(method).input_type
+    except (KeyError, AttributeError):
+        return None
 
 
 def _deferring(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     """What gRPC calls on the event loop: small requests parsed at once, large ones left to a thread."""
     return lambda data: parse(data) if len(data) <= INLINE_PARSE_MAX_BYTES else UnparsedRequest(data)
 
-
-REASON_MAX_CHARS = 300  # of a parser's error repeated in the status message
 
 Refused = Callable[[str, grpc.StatusCode], None]  # told (method name, code) of each call refused
 
@@ -65,23 +122,22 @@ def _guarded(service: str, method: str, behavior: Callable, parse: Callable[[byt
         if isinstance(request, UnparsedRequest):
             request = await asyncio.get_running_loop().run_in_executor(None, parse, request.data)
         if isinstance(request, UnreadableRequest):
-            error = request.error
             if on_refused:
                 on_refused(method, grpc.StatusCode.INVALID_ARGUMENT)
-            reason = f"{type(error).__name__}: {error}"[:REASON_MAX_CHARS]
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{service}/{method}: unreadable request ({reason})")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{service}/{method}: {request.reason}")
         return await behavior(request, context)
 
     return call
 
 
 def guard_handlers(service: str, handlers: dict[str, grpc.RpcMethodHandler], on_refused: Optional[Refused] = None) -> dict[str, grpc.RpcMethodHandler]:
-    """The same handlers, each unary-unary one answering unparseable bytes with INVALID_ARGUMENT
-    (and telling `on_refused`, for the metrics) and parsing large requests off the event loop."""
+    """The same handlers, each unary-unary one answering unparseable bytes, or a large request of
+    too many fields, with INVALID_ARGUMENT (and telling `on_refused`, for the metrics), and parsing
+    large requests off the event loop."""
     out = {}
     for name, handler in handlers.items():
         if not handler.request_streaming and not handler.response_streaming:
-            parse = _tolerant(handler.request_deserializer)
+            parse = _tolerant(handler.request_deserializer, _request_descriptor(service, name))
             handler = handler._replace(
                 request_deserializer=_deferring(parse),
                 unary_unary=_guarded(service, name, handler.unary_unary, parse, on_refused),

@@ -613,10 +613,11 @@ def test_kserve_counts_items_before_reading_them_and_splits_off_the_event_loop(a
     assert len(threads) == 2 and "grpc-aio" not in threads  # never on the server's event loop
 
 
-def test_large_requests_are_parsed_off_the_event_loop() -> None:
-    """A request over INLINE_PARSE_MAX_BYTES is parsed in a worker thread (a 4 MB message of a
-    million empty items takes protobuf long enough to stall every other call); small ones at once."""
-    from serving.request_decoding import INLINE_PARSE_MAX_BYTES, guard_handlers
+def test_large_requests_are_parsed_off_the_event_loop_and_counted_first() -> None:
+    """A request over INLINE_PARSE_MAX_BYTES is parsed in a worker thread, small ones at once; one
+    of more than MAX_REQUEST_FIELDS fields (a 4 MB message of two million empty items takes
+    protobuf a GIL-holding parse long enough to stall every other call) is refused unparsed."""
+    from serving.request_decoding import INLINE_PARSE_MAX_BYTES, MAX_REQUEST_FIELDS, UnreadableRequest, guard_handlers
 
     parsed_in: list[str] = []
 
@@ -630,14 +631,28 @@ def test_large_requests_are_parsed_off_the_event_loop() -> None:
     handler = grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=parse)
     guarded = guard_handlers("captcha.v1.Recognizer", {"RecognizeBatch": handler})["RecognizeBatch"]
     small = pb.RecognizeBatchRequest(images=[b""] * 10).SerializeToString()
-    large = pb.RecognizeBatchRequest(images=[b""] * INLINE_PARSE_MAX_BYTES).SerializeToString()
+    large = pb.RecognizeBatchRequest(images=[b"x" * 100] * 1000).SerializeToString()
+    crowded = pb.RecognizeBatchRequest(images=[b""] * 2_000_000).SerializeToString()
+    refused: list[tuple] = []
+
+    class Context:
+        async def abort(self, code, details):
+            refused.append((code, details))
+            raise grpc.RpcError(details)
 
     async def call(data: bytes) -> int:
-        return await guarded.unary_unary(guarded.request_deserializer(data), None)
+        return await guarded.unary_unary(guarded.request_deserializer(data), Context())
 
-    assert asyncio.run(call(small)) == 10 and asyncio.run(call(large)) == INLINE_PARSE_MAX_BYTES
+    assert len(large) > INLINE_PARSE_MAX_BYTES
+    assert asyncio.run(call(small)) == 10 and asyncio.run(call(large)) == 1000
     main = threading.current_thread().name
     assert parsed_in[0] == main and parsed_in[1] != main
+    with pytest.raises(grpc.RpcError):
+        asyncio.run(call(crowded))
+    assert len(parsed_in) == 2  # never parsed
+    assert refused == [(grpc.StatusCode.INVALID_ARGUMENT, f"captcha.v1.Recognizer/RecognizeBatch: more than {MAX_REQUEST_FIELDS:,} "
+                                                          "fields (repeated items included) in one request; send fewer per call")]
+    assert not isinstance(guarded.request_deserializer(small), UnreadableRequest)
 
 
 def test_echoed_names_are_cut_short_so_the_status_survives(artifacts, small_limit_server) -> None:
