@@ -4,14 +4,15 @@ grpc deserialises a request before any of our code runs; when that fails it logs
 answers UNKNOWN ("Unexpected DecodeError"), which reads like a server fault. `register` hands a
 generated `add_*Servicer_to_server` function a stand-in server that rewrites each unary-unary
 handler: its deserialiser returns an `UnreadableRequest` instead of raising, and the wrapped method
-aborts that call with INVALID_ARGUMENT naming the method and the reason. Streaming requests are
-left as they are (the recognizer's stream reader already turns a bad message into
-INVALID_ARGUMENT).
+aborts that call with INVALID_ARGUMENT naming the method and the reason. Stream messages keep
+gRPC's parser (the recognizer's stream reader turns a bad message into INVALID_ARGUMENT).
 
-A request larger than `INLINE_PARSE_MAX_BYTES` is parsed in a worker thread rather than on the
-event loop, and only once a walk over its wire format (no parse) has counted at most
-`MAX_REQUEST_FIELDS` fields in it: protobuf parses a few MB of a million empty repeated items
-in one call that holds the GIL, which would stall every other call even from a thread.
+A request larger than `INLINE_PARSE_MAX_BYTES` is parsed only once a walk over its wire format
+(no parse) has counted no more fields than its message can hold (`field_limit`: at most
+`MAX_REQUEST_FIELDS` where it has repeated fields), and a unary one in a worker thread rather
+than on the event loop: protobuf parses a few MB of a million empty items (or of one field
+repeated a million times) in one call that holds the GIL, which would stall every other call even
+from a thread. A stream message over the limit ends its stream with INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Any, Callable, Optional
 import grpc
 from google.protobuf import descriptor_pool
 
-INLINE_PARSE_MAX_BYTES = 64 * 1024  # larger requests are parsed off the event loop ...
-MAX_REQUEST_FIELDS = 16_384  # ... and refused unparsed when they hold more fields (each repeated item counts)
+INLINE_PARSE_MAX_BYTES = 64 * 1024  # larger requests are counted before parsing, unary ones parsed off the event loop
+MAX_REQUEST_FIELDS = 16_384  # fields (each repeated item counts) of a message with repeated fields
+SPARE_FIELDS = 64  # beyond a message's declared fields: room for fields a newer client may add
 REASON_MAX_CHARS = 300  # of a parser's error repeated in the status message
 
 
@@ -85,18 +87,56 @@ def fields_over(data: bytes, message, limit: int) -> bool:
     return False
 
 
+def field_limit(message, seen: frozenset = frozenset()) -> int:
+    """The most fields a well-formed `message` holds: `MAX_REQUEST_FIELDS` when it or a message
+    inside it has a repeated field, else its declared fields (nested ones included) plus
+    `SPARE_FIELDS`."""
+    count = len(message.fields)
+    for field in message.fields:
+        if field.is_repeated:
+            return MAX_REQUEST_FIELDS
+        if field.message_type is not None and field.message_type.full_name not in seen:
+            nested = field_limit(field.message_type, seen | {message.full_name})
+            if nested == MAX_REQUEST_FIELDS:
+                return nested
+            count += nested
+    return min(MAX_REQUEST_FIELDS, count + SPARE_FIELDS)
+
+
+def _too_many_fields(data: bytes, message) -> str | None:
+    """Why a large request is refused unparsed (None: it may be parsed)."""
+    if message is None or len(data) <= INLINE_PARSE_MAX_BYTES:
+        return None
+    limit = field_limit(message)
+    if not fields_over(data, message, limit):
+        return None
+    return f"more than {limit:,} fields (repeated items included) in one {message.name}; send fewer per call"
+
+
 def _tolerant(deserialize: Callable[[bytes], Any] | None, message=None) -> Callable[[bytes], Any]:
     """A parser that returns `UnreadableRequest` instead of raising, and (given the message's
     descriptor) refuses a large request of too many fields before parsing it."""
 
     def parse(data: bytes) -> Any:
-        if message is not None and len(data) > INLINE_PARSE_MAX_BYTES and fields_over(data, message, MAX_REQUEST_FIELDS):
-            return UnreadableRequest(f"more than {MAX_REQUEST_FIELDS:,} fields (repeated items included) in one request; "
-                                     "send fewer per call")
+        refusal = _too_many_fields(data, message)
+        if refusal:
+            return UnreadableRequest(refusal)
         try:
             return deserialize(data) if deserialize else data
         except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's bad bytes
             return UnreadableRequest(f"unreadable request ({type(exc).__name__}: {exc})"[:REASON_MAX_CHARS])
+
+    return parse
+
+
+def _counted(deserialize: Callable[[bytes], Any] | None, message) -> Callable[[bytes], Any]:
+    """A stream's parser: raises ValueError for a large message of too many fields, unparsed."""
+
+    def parse(data: bytes) -> Any:
+        refusal = _too_many_fields(data, message)
+        if refusal:
+            raise ValueError(refusal)
+        return deserialize(data) if deserialize else data
 
     return parse
 
@@ -136,12 +176,15 @@ def guard_handlers(service: str, handlers: dict[str, grpc.RpcMethodHandler], on_
     large requests off the event loop."""
     out = {}
     for name, handler in handlers.items():
+        message = _request_descriptor(service, name)
         if not handler.request_streaming and not handler.response_streaming:
-            parse = _tolerant(handler.request_deserializer, _request_descriptor(service, name))
+            parse = _tolerant(handler.request_deserializer, message)
             handler = handler._replace(
                 request_deserializer=_deferring(parse),
                 unary_unary=_guarded(service, name, handler.unary_unary, parse, on_refused),
             )
+        elif handler.request_streaming:
+            handler = handler._replace(request_deserializer=_counted(handler.request_deserializer, message))
         out[name] = handler
     return out
 

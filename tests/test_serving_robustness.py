@@ -651,8 +651,27 @@ def test_large_requests_are_parsed_off_the_event_loop_and_counted_first() -> Non
         asyncio.run(call(crowded))
     assert len(parsed_in) == 2  # never parsed
     assert refused == [(grpc.StatusCode.INVALID_ARGUMENT, f"captcha.v1.Recognizer/RecognizeBatch: more than {MAX_REQUEST_FIELDS:,} "
-                                                          "fields (repeated items included) in one request; send fewer per call")]
+                                                          "fields (repeated items included) in one RecognizeBatchRequest; send fewer per call")]
     assert not isinstance(guarded.request_deserializer(small), UnreadableRequest)
+
+
+def test_messages_of_too_many_fields_are_refused_unparsed(artifacts, small_limit_server) -> None:
+    # 200 KB of one field repeated 66,000 times (or of unknown fields): protobuf would parse each
+    srv, channel = small_limit_server
+    client = RecognizerClient(channel, timeout=30)
+    repeated_image = b"\x0a\x01x" * 66_000  # RecognizeRequest.image, again and again (the last one wins)
+    unknown = b"\x98\x06\x00" * 66_000  # field 99, which RecognizeRequest lacks
+    raw = channel.unary_unary("/captcha.v1.Recognizer/Recognize", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    for data in (repeated_image, unknown):
+        with pytest.raises(grpc.RpcError) as err:
+            raw(data, timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "more than 67 fields (repeated items included) in one RecognizeRequest" in err.value.details()
+    raw_stream = channel.stream_stream("/captcha.v1.Recognizer/RecognizeStream", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as err:
+        list(raw_stream(iter([unknown]), timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "more than 67 fields" in err.value.details()
+    assert client.recognize(artifacts["images"][0].read_bytes()).text
 
 
 def test_echoed_names_are_cut_short_so_the_status_survives(artifacts, small_limit_server) -> None:
