@@ -7,7 +7,8 @@ from `--concurrency` asyncio clients: first good calls only (the baseline), then
 drawn (seeded) from a fixed mix of good calls, hostile ones and calls whose deadline is too short
 to be met. Hostile kinds: the hand-made files of tests/hostile, a real 16-bit image just over the
 decoded-bytes limit and one well under it, junk bytes, KServe raw tensors of a million empty
-items, 20,000-character model names, and malformed KServe requests. Prints a Markdown table
+items, RecognizeBatch calls of a million empty images, 20,000-character model names, and
+malformed KServe requests. Prints a Markdown table
 naming the machine: per kind, the calls and the status codes they ended with; the p50 and p99
 of the good Recognize calls in each phase; and the server's resident memory (at start, peak,
 and at the end), read from /proc. Not a test: every loop is bounded by --calls and
@@ -45,7 +46,7 @@ from serving._proto.inference import grpc_service_pb2_grpc as kpb_grpc  # noqa: 
 # Share of each kind of call in the mixed phase (the baseline phase sends good_unary only).
 MIX = {
     "good_unary": 50, "good_batch": 10, "deadline": 10, "hostile_file": 8, "junk": 5, "deep_over_limit": 3,
-    "deep_under_limit": 2, "kserve_million_empty": 3, "long_model_name": 4, "kserve_malformed": 5,
+    "deep_under_limit": 2, "kserve_million_empty": 2, "batch_million_empty": 2, "long_model_name": 3, "kserve_malformed": 5,
 }
 DEADLINE_S = 0.002  # the too-short deadline of "deadline" calls
 TIMEOUT_S = 60.0  # every other call's deadline
@@ -137,6 +138,7 @@ class Calls:
         self.kserve = kpb_grpc.GRPCInferenceServiceStub(channel)
         self.good, self.hostile, self.rng = good, hostile, rng
         self.million_empty = struct.pack("<I", 0) * 1_000_000  # 4,000,000 bytes: within --max-message-mb 4
+        self.million_images = pb.RecognizeBatchRequest(images=[b""] * 1_000_000)  # 2 MB
 
     async def _code(self, call) -> str:
         try:
@@ -165,6 +167,8 @@ class Calls:
             return await self._code(self._recognize(rng.randbytes(rng.randint(0, 4096))))
         if kind == "kserve_million_empty":
             return await self._code(self._infer(tensor(name="image", datatype="BYTES", shape=[1_000_000]), [self.million_empty]))
+        if kind == "batch_million_empty":
+            return await self._code(self.recognizer.RecognizeBatch(self.million_images, timeout=TIMEOUT_S))
         if kind == "long_model_name":
             return await self._code(self._recognize(rng.choice(self.good), model="m" * 20_000))
         image = rng.choice(self.good)  # kserve_malformed: a shape Triton refuses
