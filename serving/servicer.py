@@ -228,7 +228,7 @@ def _infer_image_count(request, engine: Engine) -> int:
         raise _invalid(f"input {INFER_INPUT!r} is BYTES (encoded images), not {echo(tensor.datatype)}")
     shape = list(tensor.shape) if len(tensor.shape) <= 2 else [*tensor.shape[:3], "..."]
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or min(shape, default=-1) < 0:
-        raise _invalid(f"input shape {echo(shape)} is not [N] or [N, 1] (N images, N >= 0; as Triton, no -1)")
+        raise _invalid(f"input shape {echo(shape)} is not [N] or [N, 1] for N images (as Triton: every dimension given, none -1)")
     count = shape[0]
     if count == 0:
         raise _invalid("no images in the input tensor")
