@@ -31,6 +31,7 @@ from serving.health_probe import check as health_check
 from serving.health_probe import main as health_probe_main
 from serving.model import ServedModel
 from serving.server import CaptchaServer, ServeConfig
+from serving.supervisor import create_server
 
 WAIT_S = 20  # upper bound for waiting on a condition (never an expected duration)
 
@@ -149,10 +150,11 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-@pytest.fixture(scope="module")
-def tls_server(artifacts, tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-processes"])
+def tls_server(artifacts, tmp_path_factory, request):
     cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
-    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, tls_cert=str(cert), tls_key=str(key), grace_s=1)).start()
+    srv = create_server(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, processes=request.param,
+                                    tls_cert=str(cert), tls_key=str(key), grace_s=1)).start()
     yield srv, cert
     srv.stop(0).wait(10)
 
@@ -287,9 +289,10 @@ def test_full_queue_sheds_load_then_recovers(artifacts, gated) -> None:
 # -------------------------------------------------------------------------- oversized messages
 
 
-@pytest.fixture(scope="module")
-def small_limit_server(artifacts):
-    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, max_message_mb=0.25, grace_s=1)).start()
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-processes"])
+def small_limit_server(artifacts, request):
+    srv = create_server(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, processes=request.param,
+                                    max_message_mb=0.25, grace_s=1)).start()
     with open_channel(f"127.0.0.1:{srv.port}") as channel:  # the client itself allows 64 MiB
         yield srv, channel
     srv.stop(0).wait(10)
@@ -331,13 +334,13 @@ def test_under_the_limit_but_not_an_image_is_invalid_argument(artifacts, small_l
     assert client.recognize(artifacts["images"][0].read_bytes()).text
 
 
-# ------------------------------------------------------------------- process-pool preprocessing
+# ------------------------------------------------------------------- several server processes
 
 
-def test_process_pool_preprocessing_gives_the_same_answers(artifacts) -> None:
-    """`--preprocess-processes`: batch calls decode + preprocess in worker processes, same functions,
-    same answers as `captcha predict`; a bad item still gets its own INVALID_ARGUMENT."""
-    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, preprocess_processes=1, grace_s=1)).start()
+def test_several_server_processes_give_the_same_answers(artifacts) -> None:
+    """`--processes 2`: calls decode + preprocess in the worker processes, same functions, same
+    answers as `captcha predict`; a bad item still gets its own INVALID_ARGUMENT."""
+    srv = create_server(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, processes=2, grace_s=1)).start()
     try:
         with open_channel(f"127.0.0.1:{srv.port}") as channel:
             client = RecognizerClient(channel, timeout=60)
