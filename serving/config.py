@@ -51,6 +51,9 @@ class ServeConfig:
     tls_key: str | None = option(None, "PEM private key (unencrypted)")
     metrics_port: int | None = option(None, "serve Prometheus metrics on this HTTP port (0: any free port), summed over the processes")
     max_message_mb: float = option(4.0, "largest request accepted, in MiB")
+    max_connection_age_s: float = option(0.0, "ask each client to reconnect after this many seconds (calls in flight finish first), so "
+                                         "long-lived connections spread again over processes and replicas that came up since; 0: never",
+                                         flag="--max-connection-age")
     grace_s: float = option(10.0, "on SIGTERM, seconds calls in flight get to finish; the server is gone within about a second more",
                             flag="--grace")
 
@@ -69,7 +72,7 @@ class ServeConfig:
                 raise ValueError(f"{flag} must be 0 (automatic) or more, not {value}")
         if not self.max_message_mb > 0:
             raise ValueError(f"--max-message-mb must be positive, not {self.max_message_mb:g}")
-        for flag, value in (("--max-delay-ms", self.max_delay_ms), ("--grace", self.grace_s)):
+        for flag, value in (("--max-delay-ms", self.max_delay_ms), ("--grace", self.grace_s), ("--max-connection-age", self.max_connection_age_s)):
             if not value >= 0:
                 raise ValueError(f"{flag} must be zero or more, not {value:g}")
         for flag, value in (("--port", self.port), ("--metrics-port", self.metrics_port)):

@@ -110,10 +110,11 @@ class CaptchaServer:
     async def _bind(self) -> int:
         config = self.config
         limit = int(config.max_message_mb * 1024 * 1024)
+        options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit), ("grpc.so_reuseport", int(self.reuse_port))]
+        if config.max_connection_age_s > 0:  # a GOAWAY after this age: the client opens a new connection for its next calls
+            options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)))
         self.server = grpc.aio.server(
-            interceptors=[TokenAuthInterceptor(config.token, self._count_refused)] if config.token else [],
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                     ("grpc.so_reuseport", int(self.reuse_port))],
+            interceptors=[TokenAuthInterceptor(config.token, self._count_refused)] if config.token else [], options=options,
         )
         self.health = health.aio.HealthServicer()
         for add_servicer, servicer in ((health_pb2_grpc.add_HealthServicer_to_server, self.health),

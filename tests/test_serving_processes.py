@@ -191,6 +191,25 @@ def test_metrics_sum_every_process(onnx, image, tmp_path) -> None:
         srv.stop(0).wait(30)
 
 
+def test_old_connections_move_to_other_processes_with_max_connection_age(onnx, image, tmp_path) -> None:
+    """One long-lived client channel reaches one process; with --max-connection-age it reconnects
+    now and then (no call fails) and so reaches the others too."""
+    srv = Supervisor(_config(onnx, max_connection_age_s=0.2)).start()
+    try:
+        with _fresh_channel(srv.port) as channel:
+            stub = pb_grpc.RecognizerStub(channel)
+
+            def both_served() -> bool:
+                assert stub.Recognize(pb.RecognizeRequest(image=image), timeout=30).text
+                per = _per_process(srv.metrics, tmp_path, "captcha_requests_total", method="Recognize", code="OK")
+                return sum(v > 0 for v in per.values()) == 2
+
+            _until(both_served, "calls of one channel on both processes")
+        assert srv.metrics.value("captcha_requests_total", method="Recognize", code="OK") > 0
+    finally:
+        srv.stop(0).wait(30)
+
+
 # ------------------------------------------------------------------------- SIGTERM, for real
 
 
