@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import shutil
 import signal
 import socket
@@ -200,12 +199,15 @@ class Supervisor:
             raise RuntimeError(f"cannot serve metrics on {self.config.host}:{self.config.metrics_port}: {exc.strerror or exc}") from None
 
     def _spawn(self, slot: int) -> None:
-        parent_end, child_end = self._context.Pipe()
-        process = self._context.Process(target=self._worker_main, args=(self._worker_config, slot, child_end, self._metrics_dir),
-                                        name=f"captcha-serve-{slot}", daemon=True)
-        process.start()
-        child_end.close()
+        """Start the worker for `slot` (under the lock, so that a stop cannot miss it)."""
         with self._lock:
+            if self._stopping:
+                return
+            parent_end, child_end = self._context.Pipe()
+            process = self._context.Process(target=self._worker_main, args=(self._worker_config, slot, child_end, self._metrics_dir),
+                                            name=f"captcha-serve-{slot}", daemon=True)
+            process.start()
+            child_end.close()
             self._workers[slot] = _Worker(slot, process, parent_end, time.monotonic())
 
     def _wait_all_ready(self) -> list[str]:

@@ -49,10 +49,15 @@ def run(config: ServeConfig, slot: int, conn: Connection, metrics_dir: str) -> N
         server.listen()
     except Exception as exc:  # noqa: BLE001 - every failure goes back to the supervisor as one line
         known = isinstance(exc, (ValueError, RuntimeError, OSError))
-        conn.send(("error", str(exc) if known else f"{type(exc).__name__}: {exc}"))
-        exit_now(2)
+        try:
+            conn.send(("error", str(exc) if known else f"{type(exc).__name__}: {exc}"))
+        finally:
+            exit_now(2)
     holder["server"] = server
-    conn.send(("ready", lines))
+    try:
+        conn.send(("ready", lines))
+    except OSError:  # the supervisor is gone already
+        exit_now(0)
     threading.Thread(target=_follow_supervisor, args=(conn, server, stop), name="supervisor-pipe", daemon=True).start()
     server.wait()
     exit_now(0)

@@ -27,6 +27,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+from serving_hooks import held_worker
 
 from serving._proto.captcha.v1 import recognizer_pb2 as pb
 from serving._proto.captcha.v1 import recognizer_pb2_grpc as pb_grpc
@@ -34,7 +35,6 @@ from serving.config import ServeConfig, from_args
 from serving.metrics import SummedMetrics
 from serving.server import CaptchaServer
 from serving.supervisor import Supervisor
-from serving_hooks import held_worker
 
 WAIT_S = 60  # upper bound for waiting on a condition (never an expected duration)
 ROOT = Path(__file__).resolve().parent.parent
