@@ -93,6 +93,20 @@ def wait_serving(address: str, proc: subprocess.Popen, log: Path, timeout: float
     raise RuntimeError("server did not become SERVING in time")
 
 
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by a process and its live descendants (Linux /proc; 0 elsewhere)."""
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+            stack += [int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -282,11 +296,13 @@ def measure_servers(onnx: Path, payloads: list[bytes], args: argparse.Namespace,
                         wait_serving(f"127.0.0.1:{port}", proc, log)
                         for mode in args.modes:
                             for c in args.concurrency:
+                                cpu = process_tree_cpu_s(proc.pid)
                                 out = load.measure(f"127.0.0.1:{port}", mode, c, args.seconds, args.batch)
+                                out["server_cpu_ms_per_image"] = 1000 * (process_tree_cpu_s(proc.pid) - cpu) / max(1, out["images_per_s"] * args.seconds)
                                 results.setdefault((device, processes, mode, c), []).append(out)
                                 print(f"round {r + 1} {device:4s} processes={processes:<3d} {mode:6s} c={c:<4d} {out['images_per_s']:8.1f} img/s  "
                                       f"p50 {out['p50_ms']:.1f} ms  p99 {out['p99_ms']:.1f} ms  errors {out['errors']}  "
-                                      f"client {out['client_cpu_ms_per_image']:.2f} ms CPU/image", file=sys.stderr)
+                                      f"CPU/image: server {out['server_cpu_ms_per_image']:.2f} ms, client {out['client_cpu_ms_per_image']:.2f} ms", file=sys.stderr)
                     finally:
                         stop_server(proc)
     return [(*key, runs) for key, runs in results.items()]
@@ -303,19 +319,19 @@ def print_report(rows: list[tuple], ceilings: dict, args: argparse.Namespace, im
           f"--max-delay-ms {args.max_delay_ms:g}; load from {args.clients} client process(es) on the same machine, one connection per call "
           f"in flight; batch/stream calls carry {args.batch} images; {args.seconds:g} s per cell; medians over {args.rounds} interleaved round(s)\n")
     rounds = f" (each of {args.rounds} rounds)" if args.rounds > 1 else ""
-    print(f"| device | processes | API | concurrency | images/s{rounds} | p50 ms | p99 ms | errors | client CPU ms/image |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| device | processes | API | concurrency | images/s{rounds} | p50 ms | p99 ms | errors | CPU ms/image: server | client |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for device, processes, mode, c, runs in rows:
         per_round = ", ".join(f"{run['images_per_s']:.0f}" for run in runs)
         each = f" ({per_round})" if len(runs) > 1 else ""
         print(f"| {device} | {processes} | {API_NAMES[mode].format(args.batch)} | {c} | {_median(runs, 'images_per_s'):.0f}{each} | "
               f"{_median(runs, 'p50_ms'):.1f} | {_median(runs, 'p99_ms'):.1f} | {sum(run['errors'] for run in runs)} | "
-              f"{_median(runs, 'client_cpu_ms_per_image'):.2f} |")
+              f"{_median(runs, 'server_cpu_ms_per_image'):.2f} | {_median(runs, 'client_cpu_ms_per_image'):.2f} |")
     for device, ceiling in ceilings.items():
         for batch, rate in ceiling["model_only"].items():
-            print(f"| {device} ({ceiling['provider']}) | in-process | ORT model only (batch {batch}) | - | {rate:.0f} | | | | |")
+            print(f"| {device} ({ceiling['provider']}) | in-process | ORT model only (batch {batch}) | - | {rate:.0f} | | | | | |")
         print(f"| {device} ({ceiling['provider']}) | in-process | decode+preprocess+model (batch {args.ceiling_batches[0]}) | - | "
-              f"{ceiling['end_to_end']:.0f} | | | | |")
+              f"{ceiling['end_to_end']:.0f} | | | | | |")
     print()
     for line in summary(rows, ceilings, args):
         print(line)
