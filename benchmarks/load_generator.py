@@ -91,17 +91,19 @@ async def _client(load: Load) -> dict:
                         await call.write(requests[(i + j) % len(requests)])
                     await call.done_writing()
                     j = 0
-                    async for _reply in call:
-                        latencies.append(time.perf_counter() - sent[j])
+                    async for _reply in call:  # each reply counts on its own: a stream may outlast the deadline
+                        answered = time.perf_counter()
+                        latencies.append(answered - sent[j])
+                        images += answered <= deadline
                         j += 1
                 else:
                     await unary[k](requests[i % len(requests)], timeout=60, metadata=metadata)
-                    latencies.append(time.perf_counter() - started)
+                    answered = time.perf_counter()
+                    latencies.append(answered - started)
+                    images += per_call if answered <= deadline else 0
             except grpc.aio.AioRpcError:
                 errors += 1
                 continue
-            if time.perf_counter() <= deadline:
-                images += per_call
             i += load.lanes * (per_call if load.mode == "stream" else 1)
 
     await asyncio.gather(*(lane(k) for k in range(load.lanes)))

@@ -282,30 +282,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def measure_servers(onnx: Path, payloads: list[bytes], args: argparse.Namespace, tmp: Path) -> list[tuple]:
     """(device, processes, mode, concurrency, results of every round) for every server and cell.
-    Rounds go through every server in turn, so a machine whose speed drifts affects all alike."""
+    Rounds go through every server in turn, so a machine whose speed drifts affects all alike.
+    A server that does not start (e.g. `--device cuda` without a usable GPU) is reported and skipped."""
     from load_generator import LoadGenerator
 
     results: dict[tuple, list[dict]] = {}
+    failed: set[tuple[str, int]] = set()
     with LoadGenerator(args.clients, payloads) as load:
         for r in range(args.rounds):
             for device in args.device:
                 for processes in args.processes:
+                    if (device, processes) in failed:
+                        continue
                     port, log = free_port(), tmp / f"serve-{device}-{processes}.log"
                     proc = start_server(onnx, port, processes, device, args, log)
                     try:
                         wait_serving(f"127.0.0.1:{port}", proc, log)
+                    except RuntimeError as exc:
+                        print(f"--device {device} --processes {processes}: the server did not start, skipped: {exc}", file=sys.stderr)
+                        failed.add((device, processes))
+                        stop_server(proc)
+                        continue
+                    try:
                         for mode in args.modes:
                             for c in args.concurrency:
-                                cpu = process_tree_cpu_s(proc.pid)
-                                out = load.measure(f"127.0.0.1:{port}", mode, c, args.seconds, args.batch)
-                                out["server_cpu_ms_per_image"] = 1000 * (process_tree_cpu_s(proc.pid) - cpu) / max(1, out["images_per_s"] * args.seconds)
-                                results.setdefault((device, processes, mode, c), []).append(out)
-                                print(f"round {r + 1} {device:4s} processes={processes:<3d} {mode:6s} c={c:<4d} {out['images_per_s']:8.1f} img/s  "
-                                      f"p50 {out['p50_ms']:.1f} ms  p99 {out['p99_ms']:.1f} ms  errors {out['errors']}  "
-                                      f"CPU/image: server {out['server_cpu_ms_per_image']:.2f} ms, client {out['client_cpu_ms_per_image']:.2f} ms", file=sys.stderr)
+                                key = (device, processes, mode, c)
+                                results.setdefault(key, []).append(_cell(load, proc, port, key, args, r))
                     finally:
                         stop_server(proc)
     return [(*key, runs) for key, runs in results.items()]
+
+
+def _cell(load, proc: subprocess.Popen, port: int, key: tuple, args: argparse.Namespace, round_index: int) -> dict:
+    """One table cell, key (device, processes, mode, concurrency): the load generator's figures
+    plus the server's own CPU per image."""
+    device, processes, mode, concurrency = key
+    cpu = process_tree_cpu_s(proc.pid)
+    out = load.measure(f"127.0.0.1:{port}", mode, concurrency, args.seconds, args.batch)
+    out["server_cpu_ms_per_image"] = 1000 * (process_tree_cpu_s(proc.pid) - cpu) / max(1, out["images_per_s"] * args.seconds)
+    print(f"round {round_index + 1} {device:4s} processes={processes:<3d} {mode:6s} c={concurrency:<4d} {out['images_per_s']:8.1f} img/s  "
+          f"p50 {out['p50_ms']:.1f} ms  p99 {out['p99_ms']:.1f} ms  "
+          f"errors {out['errors']}  CPU/image: server {out['server_cpu_ms_per_image']:.2f} ms, client {out['client_cpu_ms_per_image']:.2f} ms",
+          file=sys.stderr)
+    return out
 
 
 def _median(runs: list[dict], field: str) -> float:
@@ -354,7 +373,7 @@ def summary(rows: list[tuple], ceilings: dict, args: argparse.Namespace) -> list
                              f"the images/s of --processes {args.processes[0]}")
         for processes in args.processes:
             for mode in ("batch", "stream"):
-                if (device, processes, mode) in best:
+                if (device, processes, mode) in best and device in ceilings:
                     share = best[(device, processes, mode)] / ceilings[device]["end_to_end"]
                     lines.append(f"{device}: {mode}, --processes {processes}: {share * 100:.0f}% of the in-process decode+preprocess+model ceiling")
     return lines
@@ -371,7 +390,12 @@ def main(argv: list[str] | None = None) -> int:
         onnx, paths, labels, run = _prepare(args, tmp)
         payloads = [p.read_bytes() for p in paths]
         rows = measure_servers(onnx, payloads, args, tmp)
-        ceilings = {device: ort_ceiling(onnx, payloads, args.ceiling_batches, args.seconds, device) for device in args.device}
+        ceilings = {}
+        for device in args.device:
+            try:
+                ceilings[device] = ort_ceiling(onnx, payloads, args.ceiling_batches, args.seconds, device)
+            except RuntimeError as exc:  # --device cuda without a usable GPU
+                print(f"in-process ceiling on {device}: skipped ({exc})", file=sys.stderr)
         extra = []
         if run:
             from captcha.inference import Predictor
