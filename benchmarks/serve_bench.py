@@ -61,13 +61,17 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
-def gpu_name() -> str | None:
-    """The first GPU nvidia-smi names, if any."""
+def _nvidia_smi(query: str) -> str | None:
+    """The first GPU's answer to `nvidia-smi --query-gpu=QUERY`, if there is a GPU."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def gpu_name() -> str | None:
+    return _nvidia_smi("name")
 
 
 def start_server(onnx: Path, port: int, processes: int, device: str, args: argparse.Namespace, log: Path) -> subprocess.Popen:
@@ -277,6 +281,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-ddddocr", action="store_true", help="skip the ddddocr comparison")
     args = parser.parse_args(argv)
     args.ceiling_batches = args.ceiling_batches or [args.max_batch]
+    args.gpu_memory = {}  # (device, processes) -> nvidia-smi's memory.used while that server runs
     return args
 
 
@@ -303,6 +308,10 @@ def measure_servers(onnx: Path, payloads: list[bytes], args: argparse.Namespace,
                         failed.add((device, processes))
                         stop_server(proc)
                         continue
+                    memory = _nvidia_smi("memory.used") if device != "cpu" else None
+                    if memory and r == 0:
+                        print(f"GPU memory used with --device {device} --processes {processes} serving: {memory}", file=sys.stderr)
+                        args.gpu_memory[(device, processes)] = memory
                     try:
                         for mode in args.modes:
                             for c in args.concurrency:
@@ -352,6 +361,8 @@ def print_report(rows: list[tuple], ceilings: dict, args: argparse.Namespace, im
         print(f"| {device} ({ceiling['provider']}) | in-process | decode+preprocess+model (batch {args.ceiling_batches[0]}) | - | "
               f"{ceiling['end_to_end']:.0f} | | | | | |")
     print()
+    for (device, processes), memory in args.gpu_memory.items():
+        print(f"GPU memory used while --device {device} --processes {processes} served (all processes on the GPU): {memory}")
     for line in summary(rows, ceilings, args):
         print(line)
     for line in extra:
