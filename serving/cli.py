@@ -11,12 +11,9 @@ import sys
 import threading
 from pathlib import Path
 
-# After SIGTERM the process is gone this long after --grace at the latest, whatever is in flight.
-EXIT_AFTER_GRACE_S = 1.0
-
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from serving.config import from_args
+    from serving.config import EXIT_AFTER_GRACE_S, from_args
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     config = from_args(args)

@@ -20,6 +20,13 @@ from pathlib import Path
 # past it, memory grows (one ONNX Runtime session and decode pool per process) for little gain.
 MAX_AUTO_PROCESSES = 32
 
+# How a stop ends, whatever is still running: after --grace a server process exits by itself within
+# EXIT_MARGIN_S, the supervisor kills a worker still there KILL_AFTER_S later, and `captcha serve`
+# is gone EXIT_AFTER_GRACE_S after the grace at the latest.
+EXIT_MARGIN_S = 0.5
+KILL_AFTER_S = 0.3
+EXIT_AFTER_GRACE_S = 1.0
+
 
 def option(default, help: str, *, flag: str | None = None, env: str | None = None, **argparse_kwargs) -> typing.Any:
     """A `ServeConfig` field: its default, its `--help` text, the flag name when it is not the

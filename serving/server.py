@@ -42,7 +42,6 @@ __all__ = ["CaptchaServer", "ServeConfig", "exit_now"]
 
 log = logging.getLogger("captcha.serving")
 DRAIN_S = 1.0  # on stop, seconds the server keeps taking calls after health turns NOT_SERVING (at most half the grace)
-EXIT_MARGIN_S = 0.5  # a process still there this long after its grace ends exits anyway (see `exit_now`)
 
 SERVICES = (
     recognizer_pb2.DESCRIPTOR.services_by_name["Recognizer"].full_name,

@@ -31,14 +31,12 @@ import time
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 
-from serving.config import ServeConfig
+from serving.config import EXIT_MARGIN_S, KILL_AFTER_S, ServeConfig
 from serving.metrics import SummedMetrics, serve_metrics
 from serving.model import parse_model_args
 from serving.tls import load_key_pair
 
 log = logging.getLogger("captcha.serving")
-EXIT_MARGIN_S = 0.5  # the workers' own exit margin after the grace (serving.server.EXIT_MARGIN_S)
-KILL_AFTER_S = 0.3  # then this much longer before the supervisor kills a worker that is still there
 STABLE_S = 10.0  # a worker that ran this long before dying is restarted at once; sooner, after a growing pause
 MAX_PAUSE_S = 30.0
 

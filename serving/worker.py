@@ -27,7 +27,8 @@ def run(config: ServeConfig, slot: int, conn: Connection, metrics_dir: str) -> N
 
     use_directory(metrics_dir)  # before prometheus_client is imported by the server's modules
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s %(name)s[worker {slot}]: %(message)s")
-    from serving.server import EXIT_MARGIN_S, CaptchaServer, exit_now
+    from serving.config import EXIT_MARGIN_S
+    from serving.server import CaptchaServer, exit_now
 
     holder: dict = {}
 
