@@ -44,7 +44,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           f"({processes} process{'es' if processes > 1 else ''}, {scheme}{', token auth' if config.token else ''}{extra})", flush=True)
     server.wait()
     exit_now(0)  # threads still decoding past the grace are not waited for
-    return 0
 
 
 def _cmd_client(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -49,7 +50,7 @@ SERVICES = (
 )
 
 
-def exit_now(code: int = 0) -> None:
+def exit_now(code: int = 0) -> NoReturn:
     """End the process at once, after flushing output: threads still decoding an image or running
     the model are not waited for (Python would join them at exit, past any grace)."""
     logging.shutdown()
