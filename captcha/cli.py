@@ -40,6 +40,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     counts = generate_dataset(
         args.out,
         GeneratorConfig(alphabet=args.alphabet, length=length, size=(args.height, args.width), splits=splits, styles=tuple(args.style), seed=args.seed, fonts=fonts),
+        workers=args.workers,
     )
     print(f"Wrote {sum(counts.values())} images to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
     return 0
@@ -265,6 +266,9 @@ def _add_training_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None
     p.add_argument("--distill-weight", type=float, help=f"share of the distillation loss, with --teacher (default {d.distill_weight})")
     p.add_argument("--distill-temperature", type=float, help=f"softmax temperature, with --teacher (default {d.distill_temperature})")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory layout (default on)")
+    p.add_argument("--plot-format", choices=("png", "svg"), help=f"learning curves and confusion matrix as (default {d.plot_format})")
+    p.add_argument("--tensorboard", nargs="?", const="", metavar="DIR", help="log curves, misread images and settings for "
+                   "TensorBoard in DIR (default OUT/tensorboard); needs the tensorboard extra")
 
 
 def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
@@ -300,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style", nargs="+", default=["course"], choices=[*STYLES, MIX], help=f"visual styles, mixed in turn ({MIX}: a new recombination of the pre-training styles per image)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fonts", nargs="+", metavar="PATH", help=f"TrueType/OpenType files or folders the {MIX} style also writes in")
+    p.add_argument("--workers", type=int, default=1, help="processes that draw the images (default 1: this one; 0: one per core); the same files whatever the number")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("styles", help="list the generator's visual styles")

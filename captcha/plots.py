@@ -1,5 +1,10 @@
-"""Pictures people would rather look at than read: learning curves, preview grids, confusion
-matrices, misread images. Drawn with OpenCV alone."""
+"""Pictures people would rather look at than read.
+
+Learning curves and confusion matrices are matplotlib figures (no display needed: a bare
+`Figure` renders through Agg), written as PNG or, when the path ends in `.svg`, as SVG. Image
+grids (preview, misread images) stay OpenCV: they tile pixels at their own size, which a plotting
+library would only resample.
+"""
 
 from __future__ import annotations
 
@@ -11,60 +16,84 @@ import numpy as np
 
 from captcha.imageio import write_image
 
-_COLORS = [(200, 90, 30), (40, 140, 240), (60, 170, 60), (40, 40, 200), (150, 60, 150)]
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+PLOT_FORMATS = ("png", "svg")
 
 
-def _line_panel(title: str, series: dict[str, list[float]], size=(420, 560), y_range=None) -> np.ndarray:
-    h, w = size
-    img = np.full((h, w, 3), 255, np.uint8)
-    left, right, top, bottom = 60, 20, 40, 45
-    cv2.putText(img, title, (left, 25), _FONT, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-    values = [v for s in series.values() for v in s if np.isfinite(v)]
-    if not values:
-        return img
-    lo, hi = y_range if y_range else (min(values), max(values))
-    if hi - lo < 1e-9:
-        hi = lo + 1.0
-    n = max(len(s) for s in series.values())
-    cv2.rectangle(img, (left, top), (w - right, h - bottom), (0, 0, 0), 1)
+def _save(figure, out: str | Path) -> Path:
+    """Write a matplotlib figure; the suffix of `out` (.png or .svg) picks the format."""
+    out = Path(out)
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in PLOT_FORMATS:
+        raise ValueError(f"{out}: plots are written as {' or '.join(PLOT_FORMATS)}, not {out.suffix or 'no suffix'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, format=fmt, dpi=110, bbox_inches="tight")
+    return out
 
-    def to_px(i: int, v: float) -> tuple[int, int]:
-        x = left + (i / max(n - 1, 1)) * (w - left - right)
-        y = h - bottom - (v - lo) / (hi - lo) * (h - top - bottom)
-        return int(round(x)), int(round(y))
 
-    for k in range(5):
-        v = lo + (hi - lo) * k / 4
-        _, y = to_px(0, v)
-        cv2.line(img, (left, y), (w - right, y), (225, 225, 225), 1)
-        cv2.putText(img, f"{v:.3g}", (5, y + 4), _FONT, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
-    for k in range(min(n, 6)):
-        i = round(k * (n - 1) / max(min(n, 6) - 1, 1))
-        x, _ = to_px(i, lo)
-        cv2.putText(img, str(i + 1), (x - 5, h - bottom + 18), _FONT, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
-    cv2.putText(img, "epoch", (w // 2 - 20, h - 8), _FONT, 0.45, (60, 60, 60), 1, cv2.LINE_AA)
-    # The legend goes where the curves end up not being: at the bottom when they end high (accuracy).
-    ends = [s[-1] for s in series.values() if s and np.isfinite(s[-1])]
-    legend_top = top + 20 if not ends or np.mean(ends) < (lo + hi) / 2 else h - bottom - 12 - 18 * (len(series) - 1)
-    for j, (name, s) in enumerate(series.items()):
-        color = _COLORS[j % len(_COLORS)]
-        pts = np.array([to_px(i, v) for i, v in enumerate(s) if np.isfinite(v)], np.int32)
-        if len(pts) > 1:
-            cv2.polylines(img, [pts], False, color, 2, cv2.LINE_AA)
-        for p in pts:
-            cv2.circle(img, tuple(int(c) for c in p), 3, color, -1, cv2.LINE_AA)
-        cv2.putText(img, name, (w - right - 110, legend_top + 18 * j), _FONT, 0.5, color, 1, cv2.LINE_AA)
-    return img
+def _phases(history: list[dict]) -> list[str]:
+    known = ["train", "val"]
+    return sorted({row["phase"] for row in history}, key=lambda p: (known.index(p) if p in known else len(known), p))
 
 
 def learning_curves(history: list[dict], out: str | Path, metric: str = "sequence_accuracy", metric_label: str = "whole-string accuracy") -> Path:
-    """Loss and `metric` per epoch for each phase, side by side, saved as PNG."""
-    phases = sorted({row["phase"] for row in history}, key=["train", "val"].index if all(r["phase"] in ("train", "val") for r in history) else str)
-    loss = {p: [r["loss"] for r in history if r["phase"] == p] for p in phases}
-    acc = {p: [r[metric] for r in history if r["phase"] == p] for p in phases}
-    img = np.concatenate([_line_panel("loss", loss), _line_panel(metric_label, acc, y_range=(0.0, 1.0))], axis=1)
-    return write_image(out, img)
+    """Loss, accuracy (`metric` per phase, plus each character's validation accuracy where the
+    rows carry `per_char_accuracy`) and the learning rate per epoch, side by side."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    phases = _phases(history)
+    has_lr = any("lr" in row for row in history)
+    figure = Figure(figsize=(15 if has_lr else 10, 4.2), layout="constrained")
+    axes = figure.subplots(1, 3 if has_lr else 2)
+    for phase in phases:
+        rows = [r for r in history if r["phase"] == phase]
+        epochs = [r["epoch"] for r in rows]
+        axes[0].plot(epochs, [r["loss"] for r in rows], marker=".", label=phase)
+        axes[1].plot(epochs, [r[metric] for r in rows], marker=".", linewidth=2, label=f"{phase} {metric_label}")
+    val = [r for r in history if r["phase"] == "val" and r.get("per_char_accuracy")]
+    for i in range(max((len(r["per_char_accuracy"]) for r in val), default=0)):
+        rows = [r for r in val if i < len(r["per_char_accuracy"])]
+        axes[1].plot([r["epoch"] for r in rows], [r["per_char_accuracy"][i] for r in rows], linewidth=0.8, linestyle="--",
+                     alpha=0.7, label=f"val character {i + 1}")
+    axes[0].set(title="loss (train: on augmented images, with label smoothing)" if "train" in phases else "loss", xlabel="epoch")
+    axes[1].set(title="accuracy", xlabel="epoch", ylim=(0.0, 1.01))
+    if has_lr:
+        rows = [r for r in history if r["phase"] == (phases[0] if phases else "train") and "lr" in r]
+        axes[2].plot([r["epoch"] for r in rows], [r["lr"] for r in rows], marker=".", color="tab:purple")
+        axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
+        axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[:2]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    axes[-1].grid(alpha=0.3)
+    return _save(figure, out)
+
+
+def confusion_matrix_image(matrix: np.ndarray, names: list[str], out: str | Path, title: str = "") -> Path:
+    """A row-normalised confusion matrix as a heat map (rows: true, columns: predicted), with
+    the counts written in the cells when there are few enough classes to read them."""
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(matrix)
+    k = len(names)
+    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    side = min(4 + 0.32 * k, 40)
+    figure = Figure(figsize=(side + 1.5, side), layout="constrained")
+    ax = figure.subplots()
+    shown = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(shown, ax=ax, shrink=0.8, label="share of the true class")
+    labels = [str(n)[:12] for n in names]
+    ax.set_xticks(range(k), labels, rotation=90 if max(map(len, labels), default=1) > 2 else 0, fontsize="small")
+    ax.set_yticks(range(k), labels, fontsize="small")
+    ax.set(xlabel="predicted", ylabel="true", title=title or f"confusion matrix ({int(matrix.sum())} readings)")
+    if k <= 40:
+        for i, j in zip(*np.nonzero(matrix)):
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=6 if k > 20 else 8,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    return _save(figure, out)
 
 
 def image_grid(rows: list[list[np.ndarray]], labels: list[str] | None = None, scale: int = 2, pad: int = 4) -> np.ndarray:
@@ -103,14 +132,14 @@ def marked_prediction(truth: str, predicted: str) -> list[tuple[str, bool]]:
     return marks
 
 
-def misread_grid(items: list[tuple[np.ndarray, str, str]], out: str | Path, columns: int = 4, scale: int = 2) -> Path:
+def misread_grid_image(items: list[tuple[np.ndarray, str, str]], columns: int = 4, scale: int = 2) -> np.ndarray:
     """Tile (image, truth, prediction) triples, each captioned `truth -> prediction` underneath,
-    with the characters that differ in red."""
+    with the characters that differ in red (BGR)."""
     if not items:
         raise ValueError("no misread images to draw")
     cells = []
     for image, truth, predicted in items:
-        image = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        image = image if image.ndim == 3 and image.shape[2] == 3 else cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
         image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
         cell = cv2.copyMakeBorder(image, 0, 24, 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255))
         x = 4
@@ -120,24 +149,9 @@ def misread_grid(items: list[tuple[np.ndarray, str, str]], out: str | Path, colu
             cv2.putText(cell, text, (x, cell.shape[0] - 7), _FONT, 0.55, color, 1, cv2.LINE_AA)
             x += cv2.getTextSize(text, _FONT, 0.55, 1)[0][0]
         cells.append(cell)
-    grid = image_grid([cells[i : i + columns] for i in range(0, len(cells), columns)], scale=1)
-    return write_image(out, grid)
+    return image_grid([cells[i : i + columns] for i in range(0, len(cells), columns)], scale=1)
 
 
-def confusion_matrix_image(matrix: np.ndarray, names: list[str], out: str | Path, cell: int = 28) -> Path:
-    """A row-normalised confusion matrix as a heat map (rows: true, columns: predicted)."""
-    k = len(names)
-    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    margin = 90
-    img = np.full((margin + k * cell + 10, margin + k * cell + 10, 3), 255, np.uint8)
-    for i in range(k):
-        for j in range(k):
-            shade = int(255 - 220 * norm[i, j])
-            y, x = margin + i * cell, margin + j * cell
-            cv2.rectangle(img, (x, y), (x + cell - 1, y + cell - 1), (255, shade, shade) if i != j else (shade, 255, shade), -1)
-            if matrix[i, j]:
-                cv2.putText(img, str(int(matrix[i, j])), (x + 2, y + cell // 2 + 4), _FONT, 0.3, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, names[i][:10], (2, margin + i * cell + cell // 2 + 4), _FONT, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, names[i][:3], (margin + i * cell + 2, margin - 8), _FONT, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "true \\ predicted", (2, 20), _FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    return write_image(out, img)
+def misread_grid(items: list[tuple[np.ndarray, str, str]], out: str | Path, columns: int = 4, scale: int = 2) -> Path:
+    """`misread_grid_image`, written to `out`."""
+    return write_image(out, misread_grid_image(items, columns, scale))

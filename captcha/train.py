@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from captcha import checkpoint as ckpt
 from captcha import distributed as dist
@@ -33,11 +34,13 @@ from captcha.data import (LAYOUT_HINT, SKIP_BAD_HINT, DataError, Dataset, Sample
 from captcha.decoding import decode
 from captcha.distill import distillation_loss, load_teacher
 from captcha.imageio import list_images
+from captcha.plots import PLOT_FORMATS
 from captcha.metrics import format_accuracies, per_char_accuracy, per_char_counts, sequence_accuracy
 from captcha.models import count_parameters, create_model
 from captcha.models._heads import AttentionHeads, CTCHead
 from captcha.preprocess import get_preprocessor
-from captcha.progress import ProgressBar
+from captcha.tensorboard_log import TensorBoardLog
+from captcha.tensorboard_log import check_available as check_tensorboard
 from captcha.tta import views_for, views_read
 
 
@@ -84,6 +87,8 @@ class TrainConfig:
     teacher: str | None = None  # a trained run whose per-character distributions the student also learns (distillation)
     distill_weight: float = 0.5  # share of the distillation term in the loss, with --teacher
     distill_temperature: float = 2.0  # softening of both distributions, with --teacher
+    plot_format: str = "png"  # learning curves and confusion matrix as png or svg
+    tensorboard: str | None = None  # folder for TensorBoard event files ("" = OUT/tensorboard); None = off
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -120,6 +125,10 @@ class TrainConfig:
             raise ValueError("--distill-weight must be in (0, 1]")
         if self.distill_temperature <= 0:
             raise ValueError("--distill-temperature must be positive")
+        if self.tensorboard is not None:
+            check_tensorboard()
+        if self.plot_format not in PLOT_FORMATS:
+            raise ValueError(f"--plot-format must be {' or '.join(PLOT_FORMATS)}, not {self.plot_format!r}")
         get_preprocessor(self.preprocess)  # raises on an unknown name
         views_for(self.tta)  # raises on an unsupported count
         self.input_size = tuple(self.input_size)
@@ -190,7 +199,8 @@ def train_one_epoch(
     n = images.shape[0]
     order = dist.shard(torch.randperm(n, generator=generator), n)
     total_loss, seen, texts, truth = 0.0, 0, [], []
-    bar = ProgressBar(math.ceil(len(order) / config.batch_size), progress_desc, enabled=None if dist.is_main() else False)
+    bar = tqdm(total=math.ceil(len(order) / config.batch_size), desc=progress_desc, unit="step", leave=False,
+               disable=None if dist.is_main() else True)  # None: drawn on a terminal only
     for start in range(0, len(order), config.batch_size):
         idx = order[start : start + config.batch_size]
         batch, y = images[idx.to(images.device)], targets[idx]
@@ -226,7 +236,9 @@ def train_one_epoch(
         seen += len(idx)
         texts += [p.text for p in decode(logits.detach().float().cpu().numpy(), alphabet, config.head)]
         truth += [labels[i] for i in idx.tolist()]
-        bar.update(loss=loss.item())
+        bar.update()
+        if not bar.disable:
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     bar.close()
     return _stats(total_loss, seen, texts, truth, targets.shape[1])
 
@@ -264,7 +276,8 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int | Non
     model.eval()
     device = next(model.parameters()).device
     batch_size = batch_size or eval_batch(model, device)
-    outs = [model(normalize_batch(images[i : i + batch_size].to(device), mean, std)).float().cpu() for i in range(0, images.shape[0], batch_size)]
+    starts = tqdm(range(0, images.shape[0], batch_size), desc="reading", unit="batch", leave=False, disable=None if dist.is_main() else True)
+    outs = [model(normalize_batch(images[i : i + batch_size].to(device), mean, std)).float().cpu() for i in starts]
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
@@ -517,7 +530,10 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
     last_path = run_dir / ckpt.LAST
     resume_state = None
     device = resolve_device(config.device)
-    if config.resume and last_path.exists():
+    if config.resume and not last_path.exists():  # a typo in --out, or a run cut short before its first epoch ended
+        raise FileNotFoundError(f"--resume: no {last_path} to continue (a run writes it at the end of each epoch); "
+                                "check --out, or start the run without --resume")
+    if config.resume:
         resume_state = ckpt.read_checkpoint_file(last_path)
         saved = {k: v for k, v in resume_state["config"].items() if k in {f.name for f in fields(TrainConfig)}}
         saved.update(device=config.device, out=config.out)
@@ -527,8 +543,6 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
             log(f"Resuming {run_dir} from epoch {resume_state['epoch']} of {config.epochs}")
             if ignored:
                 log("--resume continues the run with the settings it was started with; ignoring " + ", ".join(ignored))
-    elif config.resume and dist.is_main():
-        log(f"No {last_path} to resume from; starting a new run")
 
     torch.manual_seed(config.seed)
     data_dir = Path(config.data) if config.data else default_data_dir(config.cache_dir)
@@ -621,6 +635,7 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
             f"from {data_dir}, preprocess={config.preprocess}, alphabet={data.alphabet.symbols!r} "
             f"({len(data.alphabet)} symbols), length={data.length or 'variable'}, device={device}"
         )
+    board = TensorBoardLog(Path(config.tensorboard or run_dir / "tensorboard")) if config.tensorboard is not None and dist.is_main() else None
     timer_start = time.perf_counter() - train_seconds
     for epoch in range(start_epoch, config.epochs + 1):
         if unlabeled is not None and epoch >= pseudo_from and (pseudo is None or (epoch - pseudo_from) % pseudo_every == 0):
@@ -638,6 +653,8 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
             for phase, s in (("train", train_stats), ("val", val_stats))
         ]
         history += rows
+        if board is not None:
+            board.epoch(rows)
         improved = val_stats.sequence > best_score
         if improved:
             best_score, best_epoch, stale = val_stats.sequence, epoch, 0
@@ -679,14 +696,33 @@ def fit(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = 
         }
         ckpt.save_checkpoint(run_dir / ckpt.BEST, best_model, best_meta)
         (run_dir / "metrics.json").write_text(json.dumps(best_meta["metrics"], indent=2) + "\n")
-        from captcha.plots import learning_curves
-
-        learning_curves(history, run_dir / "learning_curves.png")
+        shown = ("test", test, tensors.get("test"), test_stats) if test_stats else ("val", val, tensors["val"], val_best)
+        _write_pictures(run_dir, config, history, *shown, data.alphabet.symbols, board)
+        if board is not None:
+            board.finish(_config_dict(config), {f"{name}_whole_string_accuracy": s.sequence for name, s in (("val", val_best), ("test", test_stats)) if s})
         if test_stats:
             log(log_line(best_epoch, config.epochs, "test", test_stats, train_seconds).replace(f"Epoch [{best_epoch}/{config.epochs}]", f"Best epoch [{best_epoch}/{config.epochs}]"))
         views = f", {config.tta} views: {val_best.sequence * 100:.2f}%" if config.tta > 1 else ""
         log(f"Saved the best model (epoch {best_epoch}, val whole-string {best_score * 100:.2f}%{views}) to {run_dir / ckpt.BEST}")
     return RunResult(run_dir, best_epoch, _stats_dict(val_best), _stats_dict(test_stats) if test_stats else None, n_params, train_seconds)
+
+
+def _write_pictures(run_dir: Path, config: TrainConfig, history: list[dict], split: str, ds: Dataset, tensors: tuple,
+                    stats: EpochStats, alphabet: str, board: TensorBoardLog | None) -> None:
+    """Learning curves and the symbol confusion matrix of `split` in the run folder; the misread
+    images of `split` in TensorBoard."""
+    from captcha.metrics import symbol_confusion
+    from captcha.plots import confusion_matrix_image, learning_curves, misread_grid_image
+
+    learning_curves(history, run_dir / f"learning_curves.{config.plot_format}")
+    matrix = symbol_confusion(stats.texts, ds.labels, alphabet)
+    confusion_matrix_image(matrix, list(alphabet), run_dir / f"confusion_matrix.{config.plot_format}",
+                           title=f"{split} split, symbol by symbol: {int(matrix.sum())} characters of readings as long as their label")
+    wrong = [i for i, (text, label) in enumerate(zip(stats.texts, ds.labels)) if text != label][:32]
+    if board is not None and wrong:
+        images = tensors[0][wrong].cpu().permute(0, 2, 3, 1).numpy()
+        grid = misread_grid_image([(images[j], ds.labels[i], stats.texts[i]) for j, i in enumerate(wrong)])
+        board.image(f"misread/{split}", grid, history[-1]["epoch"] if history else 0)
 
 
 def _keep_previous_run(run_dir: Path, log: Callable[[str], None]) -> None:

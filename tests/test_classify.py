@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import shutil
 import struct
 import tempfile
@@ -24,7 +25,7 @@ import captcha.classify  # noqa: F401  (registers the classifiers)
 from captcha.checkpoint import load_model
 from captcha.classify import cli as classify_cli
 from captcha.classify.data import load_data, load_image_folder, load_mnist
-from captcha.classify.metrics import classification_metrics, format_report
+from captcha.metrics import classification_metrics, format_report
 from captcha.classify.models import load_pretrained
 from captcha.classify.recipes import build_recipe
 from captcha.classify.svm import svm_compare
@@ -84,33 +85,21 @@ def test_classifiers_are_registered_and_return_one_head():
     assert create_model("mlp", num_classes=3, activation="softmax")(torch.rand(4, 1, 28, 28)).shape == (4, 1, 3)
 
 
-def test_metrics_match_scikit_learn():
-    from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
-
+def test_classification_metrics_report_every_class():
     rng = np.random.default_rng(7)
     names = ["a", "b", "c", "d", "e"]
     targets = rng.integers(0, 5, 200)
     logits = rng.normal(size=(200, 5)) + 2.0 * np.eye(5)[targets] * (rng.random(200) < 0.6)[:, None]
-    logits[:, 4] -= 10  # class "e" is never predicted: zero precision, as sklearn's zero_division=0
-    ours = classification_metrics(logits[:, None, :], targets, names)
+    logits[:, 4] -= 10  # class "e" is never predicted: its precision is 0, not an error
+    metrics = classification_metrics(logits[:, None, :], targets, names)
     predictions = logits.argmax(1)
-    p, r, f, s = precision_recall_fscore_support(targets, predictions, labels=range(5), zero_division=0)
-    for i, n in enumerate(names):
-        assert ours["per_class"][n]["precision"] == pytest.approx(p[i])
-        assert ours["per_class"][n]["recall"] == pytest.approx(r[i])
-        assert ours["per_class"][n]["f1"] == pytest.approx(f[i])
-        assert ours["per_class"][n]["support"] == s[i]
-    for avg in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(targets, predictions, average=avg, zero_division=0)
-        assert (ours[f"precision_{avg}"], ours[f"recall_{avg}"], ours[f"f1_{avg}"]) == pytest.approx((p, r, f))
-    assert ours["top1"] == pytest.approx((predictions == targets).mean())
-    assert ours["top3"] == pytest.approx(top_k_accuracy_score(targets, logits, k=3, labels=range(5)))
-    assert np.array_equal(ours["confusion_matrix"], confusion_matrix(targets, predictions, labels=range(5)))
-    theirs = classification_report(targets, predictions, labels=range(5), target_names=names, zero_division=0)
-    ours_rows = [line.split() for line in format_report(ours).splitlines() if line.strip()]
-    for line in theirs.splitlines():
-        if line.strip():
-            assert line.split() in ours_rows
+    assert metrics["top1"] == pytest.approx((predictions == targets).mean())
+    assert metrics["top1"] <= metrics["top3"] <= 1.0
+    assert metrics["per_class"]["e"]["precision"] == 0.0 and metrics["per_class"]["e"]["support"] == (targets == 4).sum()
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 200
+    report = format_report(metrics)
+    assert "weighted avg" in report and report.splitlines()[-1].startswith("top-1 ")
+    assert classification_metrics(np.zeros((3, 2)), np.array([0, 1, 1]), ["x", "y"])["top3"] == 1.0  # fewer classes than k
 
 
 def test_mnist_idx_files_are_read_and_split(tmp_path):
@@ -348,3 +337,31 @@ def test_mnist_resizes_as_the_exported_preprocessor_does(tmp_path):
     digits = np.random.default_rng(0).integers(0, 255, (3, 28, 28), dtype=np.uint8)
     stacked = _resize_stack(digits, (10, 10), 1)
     assert all(np.array_equal(stacked[i, 0], resize(digits[i], (10, 10))) for i in range(3))
+
+
+def test_image_folder_files_outside_the_root_and_broken_entries_are_named(tmp_path, shapes):
+    root = tmp_path / "tree"
+    shutil.copytree(shapes, root)
+    outside = _shapes(tmp_path / "outside", per_class=2)
+    (root / "circle" / "from_outside.png").symlink_to(outside / "circle" / "0001.png")
+    (root / "circle" / "gone.png").symlink_to(outside / "circle" / "none.png")  # outside and dangling: "outside" too
+    (root / "ring" / "dangling.png").symlink_to(root / "ring" / "none.png")
+    (root / "ring" / "loop.png").symlink_to(root / "ring" / "loop.png")
+    os.mkfifo(root / "square" / "pipe.png")  # reading it would block for ever
+    (root / "star").symlink_to(outside / "cross", target_is_directory=True)  # a whole class folder linked out of the root
+    with pytest.raises(DataError) as info:
+        load_data(root, (16, 16), 3, cache_dir=False)
+    outside_reason = f"resolves outside {root}: only files inside the data folder are read"
+    assert sorted(info.value.problems) == sorted([
+        (str(root / "circle" / "from_outside.png"), outside_reason), (str(root / "circle" / "gone.png"), outside_reason),
+        (str(root / "star"), outside_reason),
+        (str(root / "ring" / "dangling.png"), "a broken symbolic link (its target is missing)"),
+        (str(root / "ring" / "loop.png"), "a symbolic link loop"),
+        (str(root / "square" / "pipe.png"), "not a regular file"),
+    ])
+    split_root = tmp_path / "split_tree"  # a split folder linked elsewhere: its files are outside too
+    shutil.copytree(shapes, split_root / "train")
+    (split_root / "val").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DataError) as info:
+        load_data(split_root, (16, 16), 3, cache_dir=False)
+    assert {p for p, _ in info.value.problems} == {str(split_root / "val" / c) for c in CLASSES}

@@ -32,7 +32,7 @@ def test_torchrun_two_processes_match_one(easy_data, tmp_path):
     assert double.stdout.count("Run saved in") == 1 and double.stdout.count("Test: per-character") == 1  # the summary too
     # Rank 0 alone writes: one best and one last checkpoint, nothing half-written.
     written = sorted(p.name for p in (tmp_path / "ddp").iterdir())
-    assert written == ["best.pt", "last.pt", "learning_curves.png", "metrics.csv", "metrics.json"]
+    assert written == ["best.pt", "confusion_matrix.png", "last.pt", "learning_curves.png", "metrics.csv", "metrics.json"]
 
     one = json.loads((tmp_path / "single" / "metrics.json").read_text())
     two = json.loads((tmp_path / "ddp" / "metrics.json").read_text())

@@ -38,7 +38,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from captcha.classify.metrics import format_report
+    from captcha.metrics import format_report
     from captcha.classify.train import evaluate_run
 
     metrics = evaluate_run(args.run, args.data, split=args.split, device=args.device, cache_dir=_cache(args))

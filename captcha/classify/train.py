@@ -23,15 +23,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from captcha import checkpoint as ckpt
 from captcha.classify.data import ClassData, Split, eval_split, find_mnist, load_data, preprocessor_for
-from captcha.classify.metrics import classification_metrics, topk_accuracy
+from captcha.metrics import classification_metrics, topk_accuracy
 from captcha.classify.models import load_pretrained, set_backbone_trainable
 from captcha.classify.recipes import Recipe, Stage, describe, recipe_from_dict
 from captcha.data import DataError
 from captcha.models import create_model
-from captcha.progress import ProgressBar
 from captcha.train import normalize_batch, predict_logits, resolve_device
 
 # The meta's normalisation: pixels / 255; per-channel mean/std live in the model.
@@ -118,7 +118,7 @@ def _train_epoch(model, split: Split, recipe: Recipe, stage: Stage, optimizer, s
     if stage.freeze_backbone:
         model.backbone.eval()  # frozen means frozen: BatchNorm statistics stay as loaded
     order = torch.randperm(len(split), generator=generator)
-    bar = ProgressBar(math.ceil(len(split) / recipe.batch_size), desc)
+    bar = tqdm(total=math.ceil(len(split) / recipe.batch_size), desc=desc, unit="step", leave=False, disable=None)  # None: terminal only
     total_loss, logits_all, targets_all = 0.0, [], []
     for start in range(0, len(split), recipe.batch_size):
         idx = order[start : start + recipe.batch_size]
@@ -136,7 +136,9 @@ def _train_epoch(model, split: Split, recipe: Recipe, stage: Stage, optimizer, s
         total_loss += loss.item() * len(idx)
         logits_all.append(logits.detach().float().cpu())
         targets_all.append(y.cpu())
-        bar.update(1, loss=loss.item())
+        bar.update()
+        if not bar.disable:
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     bar.close()
     logits_np, targets_np = torch.cat(logits_all).numpy(), torch.cat(targets_all).numpy()
     n = max(len(targets_np), 1)
