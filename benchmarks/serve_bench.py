@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))  # load_generator, for this process and the spawned clients
 
-import numpy as np
+import _process_tree as process_tree  # noqa: E402
+import numpy as np  # noqa: E402
 
 _DDDDOCR_SCRIPT = r"""
 import json, sys, time
@@ -95,20 +96,6 @@ def wait_serving(address: str, proc: subprocess.Popen, log: Path, timeout: float
             return
         time.sleep(0.2)
     raise RuntimeError("server did not become SERVING in time")
-
-
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds used so far by a process and its live descendants (Linux /proc; 0 elsewhere)."""
-    total, stack = 0.0, [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-            stack += [int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -326,9 +313,9 @@ def _cell(load, proc: subprocess.Popen, port: int, key: tuple, args: argparse.Na
     """One table cell, key (device, processes, mode, concurrency): the load generator's figures
     plus the server's own CPU per image."""
     device, processes, mode, concurrency = key
-    cpu = process_tree_cpu_s(proc.pid)
+    cpu = process_tree.cpu_seconds(proc.pid)
     out = load.measure(f"127.0.0.1:{port}", mode, concurrency, args.seconds, args.batch)
-    out["server_cpu_ms_per_image"] = 1000 * (process_tree_cpu_s(proc.pid) - cpu) / max(1, out["images_per_s"] * args.seconds)
+    out["server_cpu_ms_per_image"] = 1000 * (process_tree.cpu_seconds(proc.pid) - cpu) / max(1, out["images_per_s"] * args.seconds)
     print(f"round {round_index + 1} {device:4s} processes={processes:<3d} {mode:6s} c={concurrency:<4d} {out['images_per_s']:8.1f} img/s  "
           f"p50 {out['p50_ms']:.1f} ms  p99 {out['p99_ms']:.1f} ms  "
           f"errors {out['errors']}  CPU/image: server {out['server_cpu_ms_per_image']:.2f} ms, client {out['client_cpu_ms_per_image']:.2f} ms",
