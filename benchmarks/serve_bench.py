@@ -1,12 +1,15 @@
 """Benchmark the gRPC service against in-process ONNX Runtime and ddddocr on the same images.
 
-    python benchmarks/serve_bench.py [--onnx model.onnx | --run RUN_DIR] [--images 512] [--seconds 4]
+    python benchmarks/serve_bench.py [--onnx model.onnx | --run RUN_DIR] [--processes 1 2] [--clients 1]
+        [--device auto] [--modes unary batch stream] [--concurrency 1 8 64 256] [--images 512] [--seconds 4]
 
-Starts `captcha serve` in a subprocess on a loopback port, drives it from this process with the
-asyncio gRPC client at each concurrency (unary Recognize, RecognizeBatch of --batch images, and
-RecognizeStream with one stream per concurrent client), then measures the in-process ONNX
-Runtime ceiling and ddddocr (from its own venv, in a subprocess). Every loop is bounded in count
-and time. Prints a Markdown table naming the machine.
+For each `--device` and each `--processes` value, starts `captcha serve` in a subprocess on a
+loopback port and drives it with `benchmarks/load_generator.py` from `--clients` processes of
+their own (unary Recognize, RecognizeBatch of --batch images, RecognizeStream with --batch images
+per stream) at each concurrency; then measures the in-process ONNX Runtime ceiling and ddddocr
+(from its own venv, in a subprocess). Every loop is bounded in count and time. Prints a Markdown
+table naming the machine, the speed-up of each --processes value over the first for unary calls,
+and how close the batch API comes to the in-process ceiling.
 
 ddddocr runs in a separate virtualenv, never in the project's environment: it pulls in the CPU
 `onnxruntime` package, which conflicts with `onnxruntime-gpu`. `--ddddocr-python PY` uses that
@@ -18,7 +21,6 @@ interpreter; otherwise (or when PY does not exist) the venv at `--ddddocr-venv` 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -31,12 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # load_generator, for this process and the spawned clients
 
-import grpc
-import numpy as np
-
-from serving._proto.captcha.v1 import recognizer_pb2 as pb
-from serving._proto.captcha.v1 import recognizer_pb2_grpc as pb_grpc
+import _process_tree as process_tree  # noqa: E402
+import numpy as np  # noqa: E402
 
 _DDDDOCR_SCRIPT = r"""
 import json, sys, time
@@ -62,83 +62,52 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) * 1000 if values else float("nan")
+def _nvidia_smi(query: str) -> str | None:
+    """The first GPU's answer to `nvidia-smi --query-gpu=QUERY`, if there is a GPU."""
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
-async def _drive(address: str, mode: str, concurrency: int, payloads: list[bytes], seconds: float, batch: int, max_images: int) -> dict:
-    """Keep `concurrency` calls (or streams) busy for up to `seconds` / `max_images` images."""
-    latencies: list[float] = []
-    done = 0
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(address, options=options) as channel:
-        stub = pb_grpc.RecognizerStub(channel)
-
-        async def worker(k: int) -> None:
-            nonlocal done, errors
-            i = k
-            while time.perf_counter() < deadline and done < max_images:
-                t = time.perf_counter()
-                try:
-                    if mode == "unary":
-                        await stub.Recognize(pb.RecognizeRequest(image=payloads[i % len(payloads)]), timeout=30)
-                        n = 1
-                    elif mode == "batch":
-                        imgs = [payloads[(i + j) % len(payloads)] for j in range(batch)]
-                        await stub.RecognizeBatch(pb.RecognizeBatchRequest(images=imgs), timeout=30)
-                        n = batch
-                    else:  # one stream per worker, `batch` images per stream, each latency timed
-                        call = stub.RecognizeStream(timeout=30)
-                        sent: list[float] = []
-                        for j in range(batch):
-                            sent.append(time.perf_counter())
-                            await call.write(pb.RecognizeRequest(image=payloads[(i + j) % len(payloads)], id=str(j)))
-                        await call.done_writing()
-                        async for reply in call:
-                            latencies.append(time.perf_counter() - sent[int(reply.id)])
-                        n = batch
-                except grpc.aio.AioRpcError:
-                    errors += 1
-                    n = 0
-                if mode != "stream":
-                    latencies.append(time.perf_counter() - t)
-                done += n
-                i += concurrency * max(1, batch if mode != "unary" else 1)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return {"images_per_s": done / elapsed, "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99), "images": done, "errors": errors}
+def gpu_name() -> str | None:
+    return _nvidia_smi("name")
 
 
-def _start_server(onnx: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
-    code = (
-        "import sys; sys.argv = ['captcha'] + sys.argv[1:]; import argparse, serving.cli as c; "
-        "p = argparse.ArgumentParser(); c.register(p.add_subparsers()); a = p.parse_args(); sys.exit(a.func(a))"
-    )
-    cmd = [sys.executable, "-c", code, "serve", str(onnx), "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms), "--max-queue", "4096",
-           "--preprocess-processes", str(args.preprocess_processes), "--ort-threads", str(args.ort_threads)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_server(onnx: Path, port: int, processes: int, device: str, args: argparse.Namespace, log: Path) -> subprocess.Popen:
+    """`captcha serve` in a subprocess, its output to `log` (a pipe nobody reads would fill and stall it)."""
+    cmd = [sys.executable, "-m", "captcha", "serve", str(onnx), "--host", "127.0.0.1", "--port", str(port), "--processes", str(processes),
+           "--device", device, "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms), "--max-queue", "4096",
+           "--ort-threads", str(args.ort_threads), "--workers", str(args.workers)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _wait_serving(address: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_serving(address: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
     from serving.health_probe import check
 
     end = time.time() + timeout
     while time.time() < end:
         if proc.poll() is not None:
-            raise RuntimeError("server exited:\n" + (proc.stdout.read() if proc.stdout else ""))
+            raise RuntimeError("server exited:\n" + log.read_text(errors="replace")[-4000:])
         if check(address, timeout=1):
             return
         time.sleep(0.2)
     raise RuntimeError("server did not become SERVING in time")
 
 
-def _free_port() -> int:
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -146,24 +115,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def ort_ceiling(onnx: Path, payloads: list[bytes], batch: int, seconds: float) -> dict:
-    """In-process: model-only images/s at `batch`, and decode+preprocess+model with a thread pool."""
+def ort_ceiling(onnx: Path, payloads: list[bytes], batches: list[int], seconds: float, device: str = "auto") -> dict:
+    """In-process: model-only images/s at each batch size, and decode+preprocess (a thread pool
+    over every CPU, repeated for at least a second) + model at the first batch size."""
     from serving.model import ServedModel
 
-    model = ServedModel("bench", onnx, "auto")
+    model = ServedModel("bench", onnx, device)
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        t = time.perf_counter()
-        tensors = list(pool.map(model.preprocess, payloads))
-        prep_s = time.perf_counter() - t
+        done, t = 0, time.perf_counter()
+        while done == 0 or time.perf_counter() - t < 1.0:
+            tensors = list(pool.map(model.preprocess, payloads))
+            done += len(payloads)
+        prep_s = (time.perf_counter() - t) / done
     x = np.stack(tensors)
-    model.run(x[:batch])
-    n, t = 0, time.perf_counter()
-    while time.perf_counter() - t < seconds and n < 200_000:
-        for i in range(0, len(x), batch):
-            model.run(x[i : i + batch])
-        n += len(x)
-    run_s = (time.perf_counter() - t) / n
-    return {"model_only": 1.0 / run_s, "end_to_end": 1.0 / (run_s + prep_s / len(payloads)), "provider": model.provider}
+    model_only = {}
+    for batch in batches:
+        x_b = np.concatenate([x] * -(-batch // len(x)))[: max(batch, len(x))]
+        model.run(x_b[:batch])
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < seconds / len(batches) and n < 2_000_000:
+            for i in range(0, len(x_b) - batch + 1, batch):
+                model.run(x_b[i : i + batch])
+                n += batch
+        model_only[batch] = n / (time.perf_counter() - t)
+    return {"model_only": model_only, "end_to_end": 1.0 / (1.0 / model_only[batches[0]] + prep_s), "provider": model.provider}
 
 
 def default_ddddocr_venv() -> Path:
@@ -257,31 +232,153 @@ def _prepare(args: argparse.Namespace, tmp: Path) -> tuple[Path, list[Path], lis
             generate_dataset(tmp / "train-data", GeneratorConfig(splits={"train": 200, "val": 50}))
             fit(TrainConfig(data=str(tmp / "train-data"), out=str(tmp / "run"), epochs=2, cache_dir=str(tmp / "cache")), log=lambda s: None)
             run = str(tmp / "run")
-        onnx = export_onnx(run, tmp / "model.onnx", verify_images=8, log=lambda s: None).path
+        onnx = export_onnx(run, tmp / "model.onnx", verify_images=8, log=lambda s: None, tta=getattr(args, "tta", None)).path
     generate_dataset(tmp / "bench", GeneratorConfig(splits={"test": args.images}, seed=7))
     paths = sorted((tmp / "bench" / "test").glob("*.png"))
     return onnx, paths, [p.stem.split("_", 1)[0] for p in paths], run
 
 
-def main(argv: list[str] | None = None) -> int:
+API_NAMES = {"unary": "Recognize (unary)", "batch": "RecognizeBatch ({}/call)", "stream": "RecognizeStream ({}/stream)"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from serving.config import available_cpus
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--onnx", help="exported model (default: export --run, or train a tiny one)")
     parser.add_argument("--run", help="run directory to export and to measure accuracy with")
     parser.add_argument("--images", type=int, default=512, help="generated CAPTCHA PNGs to use")
+    parser.add_argument("--tta", type=int, help="test-time views in the exported graph (default: the run's; 1: one view, the model's least work)")
     parser.add_argument("--seconds", type=float, default=4.0, help="time bound per table cell")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64, 256])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64, 256], help="calls (streams) in flight")
     parser.add_argument("--modes", nargs="+", default=["unary", "batch", "stream"], choices=["unary", "batch", "stream"])
     parser.add_argument("--batch", type=int, default=16, help="images per RecognizeBatch call / per stream")
-    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--processes", type=int, nargs="+", default=sorted({1, available_cpus()}), help="server's --processes, one server each")
+    parser.add_argument("--device", nargs="+", default=["auto"], choices=["auto", "cpu", "cuda"], help="server's --device, one server each")
+    parser.add_argument("--clients", type=int, default=1, help="load-generating processes (the client's share of the cores is not the server's)")
+    parser.add_argument("--rounds", type=int, default=1, help="go through every server this many times, in turn; the table gives medians")
+    parser.add_argument("--max-batch", type=int, default=32, help="server's --max-batch")
+    parser.add_argument("--ceiling-batches", type=int, nargs="+", help="batch sizes of the in-process model-only figures (default: --max-batch)")
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
-    parser.add_argument("--preprocess-processes", type=int, default=0, help="server's --preprocess-processes (default 0: threads)")
     parser.add_argument("--ort-threads", type=int, default=0, help="server's --ort-threads (default 0: its own default)")
+    parser.add_argument("--workers", type=int, default=0, help="server's --workers (default 0: its own default)")
     parser.add_argument("--ddddocr-python", help="interpreter that has ddddocr (e.g. /work/ddddocr-venv/bin/python); "
                         "default, or when it does not exist: the --ddddocr-venv one")
     parser.add_argument("--ddddocr-venv", help=f"venv for ddddocr, created with `pip install ddddocr` when missing (default {default_ddddocr_venv()})")
     parser.add_argument("--no-ddddocr", action="store_true", help="skip the ddddocr comparison")
     args = parser.parse_args(argv)
+    args.ceiling_batches = args.ceiling_batches or [args.max_batch]
+    args.gpu_memory = {}  # (device, processes) -> nvidia-smi's memory.used while that server runs
+    return args
 
+
+def measure_servers(onnx: Path, payloads: list[bytes], args: argparse.Namespace, tmp: Path) -> list[tuple]:
+    """(device, processes, mode, concurrency, results of every round) for every server and cell.
+    Rounds go through every server in turn, so a machine whose speed drifts affects all alike.
+    A server that does not start (e.g. `--device cuda` without a usable GPU) is reported and skipped."""
+    from load_generator import LoadGenerator
+
+    results: dict[tuple, list[dict]] = {}
+    failed: set[tuple[str, int]] = set()
+    with LoadGenerator(args.clients, payloads) as load:
+        for r in range(args.rounds):
+            for device in args.device:
+                for processes in args.processes:
+                    if (device, processes) in failed:
+                        continue
+                    port, log = free_port(), tmp / f"serve-{device}-{processes}.log"
+                    proc = start_server(onnx, port, processes, device, args, log)
+                    try:
+                        wait_serving(f"127.0.0.1:{port}", proc, log)
+                    except RuntimeError as exc:
+                        print(f"--device {device} --processes {processes}: the server did not start, skipped: {exc}", file=sys.stderr)
+                        failed.add((device, processes))
+                        stop_server(proc)
+                        continue
+                    memory = _nvidia_smi("memory.used") if device != "cpu" else None
+                    if memory and r == 0:
+                        print(f"GPU memory used with --device {device} --processes {processes} serving: {memory}", file=sys.stderr)
+                        args.gpu_memory[(device, processes)] = memory
+                    try:
+                        for mode in args.modes:
+                            for c in args.concurrency:
+                                key = (device, processes, mode, c)
+                                results.setdefault(key, []).append(_cell(load, proc, port, key, args, r))
+                    finally:
+                        stop_server(proc)
+    return [(*key, runs) for key, runs in results.items()]
+
+
+def _cell(load, proc: subprocess.Popen, port: int, key: tuple, args: argparse.Namespace, round_index: int) -> dict:
+    """One table cell, key (device, processes, mode, concurrency): the load generator's figures
+    plus the server's own CPU per image."""
+    device, processes, mode, concurrency = key
+    cpu = process_tree.cpu_seconds(proc.pid)
+    out = load.measure(f"127.0.0.1:{port}", mode, concurrency, args.seconds, args.batch)
+    out["server_cpu_ms_per_image"] = 1000 * (process_tree.cpu_seconds(proc.pid) - cpu) / max(1, out["images_per_s"] * args.seconds)
+    print(f"round {round_index + 1} {device:4s} processes={processes:<3d} {mode:6s} c={concurrency:<4d} {out['images_per_s']:8.1f} img/s  "
+          f"p50 {out['p50_ms']:.1f} ms  p99 {out['p99_ms']:.1f} ms  "
+          f"errors {out['errors']}  CPU/image: server {out['server_cpu_ms_per_image']:.2f} ms, client {out['client_cpu_ms_per_image']:.2f} ms",
+          file=sys.stderr)
+    return out
+
+
+def _median(runs: list[dict], field: str) -> float:
+    return float(np.median([run[field] for run in runs]))
+
+
+def print_report(rows: list[tuple], ceilings: dict, args: argparse.Namespace, images: int, extra: list[str]) -> None:
+    gpu = gpu_name()
+    views = f"; model graph with {args.tta} test-time view(s)" if args.tta and not args.onnx else ""
+    print(f"\nMachine: {machine()}{'; GPU: ' + gpu if gpu else ''}; {images} generated CAPTCHA PNGs{views}; server --max-batch {args.max_batch} "
+          f"--max-delay-ms {args.max_delay_ms:g}; load from {args.clients} client process(es) on the same machine, one connection per call "
+          f"in flight; batch/stream calls carry {args.batch} images; {args.seconds:g} s per cell; medians over {args.rounds} interleaved round(s)\n")
+    rounds = f" (each of {args.rounds} rounds)" if args.rounds > 1 else ""
+    print(f"| device | processes | API | concurrency | images/s{rounds} | p50 ms | p99 ms | errors | CPU ms/image: server | client |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for device, processes, mode, c, runs in rows:
+        per_round = ", ".join(f"{run['images_per_s']:.0f}" for run in runs)
+        each = f" ({per_round})" if len(runs) > 1 else ""
+        print(f"| {device} | {processes} | {API_NAMES[mode].format(args.batch)} | {c} | {_median(runs, 'images_per_s'):.0f}{each} | "
+              f"{_median(runs, 'p50_ms'):.1f} | {_median(runs, 'p99_ms'):.1f} | {sum(run['errors'] for run in runs)} | "
+              f"{_median(runs, 'server_cpu_ms_per_image'):.2f} | {_median(runs, 'client_cpu_ms_per_image'):.2f} |")
+    for device, ceiling in ceilings.items():
+        for batch, rate in ceiling["model_only"].items():
+            print(f"| {device} ({ceiling['provider']}) | in-process | ORT model only (batch {batch}) | - | {rate:.0f} | | | | | |")
+        print(f"| {device} ({ceiling['provider']}) | in-process | decode+preprocess+model (batch {args.ceiling_batches[0]}) | - | "
+              f"{ceiling['end_to_end']:.0f} | | | | | |")
+    print()
+    for (device, processes), memory in args.gpu_memory.items():
+        print(f"GPU memory used while --device {device} --processes {processes} served (all processes on the GPU): {memory}")
+    for line in summary(rows, ceilings, args):
+        print(line)
+    for line in extra:
+        print(line)
+
+
+def summary(rows: list[tuple], ceilings: dict, args: argparse.Namespace) -> list[str]:
+    """Speed-up of each --processes value over the first (unary), and the batch API against the ceiling."""
+    best = {}
+    for device, processes, mode, c, runs in rows:
+        key = (device, processes, mode)
+        best[key] = max(best.get(key, 0.0), _median(runs, "images_per_s"))
+    lines = []
+    for device in args.device:
+        base = best.get((device, args.processes[0], "unary"))
+        for processes in args.processes[1:]:
+            if base and (device, processes, "unary") in best:
+                lines.append(f"{device}: unary, best over concurrency: --processes {processes} answers {best[(device, processes, 'unary')] / base:.2f}x "
+                             f"the images/s of --processes {args.processes[0]}")
+        for processes in args.processes:
+            for mode in ("batch", "stream"):
+                if (device, processes, mode) in best and device in ceilings:
+                    share = best[(device, processes, mode)] / ceilings[device]["end_to_end"]
+                    lines.append(f"{device}: {mode}, --processes {processes}: {share * 100:.0f}% of the in-process decode+preprocess+model ceiling")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     dddd_python, dddd_note = (None, "skipped (--no-ddddocr)") if args.no_ddddocr else ensure_ddddocr(args.ddddocr_python, args.ddddocr_venv, log=lambda m: print(m, file=sys.stderr))
     if dddd_python is None:
         print(f"ddddocr: {dddd_note}; its column is left out", file=sys.stderr)
@@ -290,48 +387,26 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         onnx, paths, labels, run = _prepare(args, tmp)
         payloads = [p.read_bytes() for p in paths]
-        port = _free_port()
-        address = f"127.0.0.1:{port}"
-        proc = _start_server(onnx, port, args)
-        rows = []
-        try:
-            _wait_serving(address, proc)
-            for mode in args.modes:
-                for c in args.concurrency:
-                    r = asyncio.run(_drive(address, mode, c, payloads, args.seconds, args.batch, max_images=200_000))
-                    rows.append((mode, c, r))
-                    print(f"{mode:6s} c={c:<4d} {r['images_per_s']:8.1f} img/s  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  errors {r['errors']}", file=sys.stderr)
-        finally:
-            proc.terminate()
+        rows = measure_servers(onnx, payloads, args, tmp)
+        ceilings = {}
+        for device in args.device:
             try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        ceiling = ort_ceiling(onnx, payloads, args.max_batch, args.seconds)
-        ours_acc = None
+                ceilings[device] = ort_ceiling(onnx, payloads, args.ceiling_batches, args.seconds, device)
+            except RuntimeError as exc:  # --device cuda without a usable GPU
+                print(f"in-process ceiling on {device}: skipped ({exc})", file=sys.stderr)
+        extra = []
         if run:
             from captcha.inference import Predictor
 
             texts = [p.text for p in Predictor.from_run(run, "cpu").predict_paths(paths)]
-            ours_acc = sum(t == l for t, l in zip(texts, labels)) / len(labels)
+            extra.append(f"\nAccuracy on these images: captchakit model {sum(t == l for t, l in zip(texts, labels)) / len(labels) * 100:.1f}%")
         dddd = ddddocr_bench(dddd_python, paths, labels, timeout=600) if dddd_python else None
-
-    print(f"\nMachine: {machine()}; ONNX Runtime provider: {ceiling['provider']}; {len(paths)} generated CAPTCHA PNGs; "
-          f"server --max-batch {args.max_batch} --max-delay-ms {args.max_delay_ms:g} --preprocess-processes {args.preprocess_processes}; batch/stream calls carry {args.batch} images\n")
-    print("| API | concurrency | images/s | p50 ms | p99 ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for mode, c, r in rows:
-        name = {"unary": "Recognize (unary)", "batch": f"RecognizeBatch ({args.batch}/call)", "stream": f"RecognizeStream ({args.batch}/stream)"}[mode]
-        print(f"| {name} | {c} | {r['images_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
-    print(f"| in-process ORT, model only (batch {args.max_batch}) | - | {ceiling['model_only']:.0f} | | | |")
-    print(f"| in-process ORT, decode+preprocess+model | - | {ceiling['end_to_end']:.0f} | | | |")
-    acc = f"{ours_acc * 100:.1f}%" if ours_acc is not None else "n/a"
-    print(f"\nAccuracy on these images: captchakit model {acc}")
     if dddd:
-        print(f"ddddocr (pretrained, 1 process, sequential; {dddd_note}): {dddd['images_per_s']:.0f} images/s, "
-              f"whole-string accuracy {dddd['accuracy'] * 100:.1f}%")
-    else:
-        print(f"ddddocr: not measured ({dddd_note if dddd_python is None else 'its run failed, see above'})")
+        extra.append(f"ddddocr (pretrained, 1 process, sequential; {dddd_note}): {dddd['images_per_s']:.0f} images/s, "
+                     f"whole-string accuracy {dddd['accuracy'] * 100:.1f}%")
+    elif not args.no_ddddocr:
+        extra.append(f"ddddocr: not measured ({dddd_note if dddd_python is None else 'its run failed, see above'})")
+    print_report(rows, ceilings, args, len(paths), extra)
     return 0
 
 

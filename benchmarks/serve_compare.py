@@ -7,13 +7,12 @@ Each `--variant NAME=REV[:SERVER ARGS]` checks REV out into a temporary git work
 the working tree as it is) and serves the model with that commit's `captcha serve`. Rounds go
 through every variant in turn, so a machine whose speed drifts during the run affects all of them
 alike; the table gives the median images/s over rounds (and each round's figure). The load
-generator is `serve_bench.py`'s asyncio client, sharing the cores with the server.
+generator is `load_generator.py` in `--clients` processes, sharing the cores with the server.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shlex
 import statistics
 import subprocess
@@ -25,7 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serve_bench import _drive, _free_port, _prepare, machine  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from load_generator import LoadGenerator  # noqa: E402
+from serve_bench import _prepare, free_port, machine  # noqa: E402
 
 
 def _parse_variant(text: str) -> tuple[str, str, list[str]]:
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="time per cell per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16, help="images per RecognizeBatch call / per stream")
+    parser.add_argument("--clients", type=int, default=1, help="load-generating processes")
     args = parser.parse_args(argv)
     cells = [(m, int(c)) for m, _, c in (cell.partition(":") for cell in args.cells)]
 
@@ -76,21 +79,23 @@ def main(argv: list[str] | None = None) -> int:
         onnx, paths, _, _ = _prepare(args, tmp)
         payloads = [p.read_bytes() for p in paths]
         codes = {name: (_checkout(rev, tmp / f"tree-{i}"), extra) for i, (name, rev, extra) in enumerate(args.variant)}
+        load = LoadGenerator(args.clients, payloads)
         results: dict[tuple[str, tuple[str, int]], list[float]] = {(n, cell): [] for n in codes for cell in cells}
         try:
             for r in range(args.rounds):
                 for name, (code, extra) in codes.items():
-                    port = _free_port()
+                    port = free_port()
                     proc = _serve(code, onnx, port, extra)
                     try:
                         for mode, c in cells:
-                            out = asyncio.run(_drive(f"127.0.0.1:{port}", mode, c, payloads, args.seconds, args.batch, max_images=200_000))
+                            out = load.measure(f"127.0.0.1:{port}", mode, c, args.seconds, args.batch)
                             results[(name, (mode, c))].append(out["images_per_s"])
                             print(f"round {r + 1} {name:10s} {mode:6s} c={c:<4d} {out['images_per_s']:8.1f} img/s  errors {out['errors']}", file=sys.stderr)
                     finally:
                         proc.terminate()
                         proc.wait(30)
         finally:
+            load.close()
             for code, _ in codes.values():
                 if code != ROOT:
                     subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(code)], check=False)

@@ -17,8 +17,11 @@ from captcha import __version__
 # Modules that add verbs: each has register(subparsers) and sets func on its parsers.
 _EXTENSIONS: tuple[str, ...] = ("captcha.pretrain", "captcha.export", "serving.cli", "captcha.classify.cli")
 # Verbs whose module needs neither torch nor the model zoo: `captcha serve ...` builds only their
-# parser, so a server or client starts in a fraction of a second instead of importing torch.
+# parser, so a server or client starts in a fraction of a second instead of importing torch. They
+# are also all the serving-only install (requirements/serve.txt, docs/install.md) can run.
 _LIGHT_VERBS = {"serve": "serving.cli", "client": "serving.cli"}
+# Import names whose distribution is called otherwise, for the message naming a missing one.
+_DISTRIBUTIONS = {"sklearn": "scikit-learn", "cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml"}
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -321,10 +324,46 @@ def _add_run_verbs(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_sweep, **_SWEEP_DEFAULTS)
 
 
+def _missing_distribution(exc: ImportError) -> str | None:
+    """The package to install for an import that failed because a third-party module is not
+    installed; None when the failure is in this project's own modules (a bug, not an install)."""
+    top = (exc.name or "").partition(".")[0]
+    if not top or top in ("captcha", "serving"):
+        return None
+    return _DISTRIBUTIONS.get(top, top)
+
+
+def _serving_only(argv: list[str], missing: str) -> int:
+    """`captcha` where the training packages are not installed (the serving-only install): its
+    help lists the verbs that work, and any other verb is one error line naming what is missing."""
+    parser, sub = _top_parser()
+    for module in dict.fromkeys(_LIGHT_VERBS.values()):
+        importlib.import_module(module).register(sub)
+    where = f"{missing}, which this install lacks (the serving-only install of requirements/serve.txt)"
+    parser.epilog = f"Only {' and '.join(_LIGHT_VERBS)} work here: the other verbs need {where}; docs/install.md installs everything."
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    if verb is None:
+        parser.parse_args(argv)  # --help and --version end here
+        parser.print_help()
+        return 0
+    print(f"error: `captcha {verb}` needs {where}: install the whole project (docs/install.md); "
+          f"here only {' and '.join(f'`captcha {v}`' for v in _LIGHT_VERBS)} work", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     light = _LIGHT_VERBS.get(argv[0]) if argv else None
-    parser = build_light_parser(light) if light else build_parser()
+    if light:
+        parser = build_light_parser(light)
+    else:
+        try:
+            parser = build_parser()
+        except ImportError as exc:  # torch & co. missing: the serving-only install
+            missing = _missing_distribution(exc)
+            if missing is None:
+                raise
+            return _serving_only(argv, missing)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

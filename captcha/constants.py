@@ -44,6 +44,6 @@ MAX_DECODED_BYTES = 160_000_000
 # decoded pixels but for metadata).
 MAX_IMAGE_FILE_BYTES = 256 * 1024 * 1024
 
-# The server's decoding threads hold at most about this much image memory at once (plus one image
-# decoded alone): see `serving.engine`.
+# The decoding threads of one server process hold at most about this much image memory at once
+# (plus one image decoded alone): see `serving.engine`. Per process: `--processes N` holds N times it.
 DECODE_BUDGET_BYTES = 256 * 1024 * 1024

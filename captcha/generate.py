@@ -21,11 +21,13 @@ named styles draw each split from one seed, image after image, as they always ha
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from captcha.constants import DEFAULT_ALPHABET, DEFAULT_LENGTH, DEFAULT_SPLITS, INPUT_SIZE
 from captcha.fonts import is_font_path, render_glyph
@@ -579,9 +581,11 @@ def draw_sample(config: GeneratorConfig, split_index: int, index: int) -> tuple[
     return _draw_next(np.random.default_rng([config.seed, split_index, index]), config, index)
 
 
-def _write_images(out_dir: str, config: GeneratorConfig, split_index: int, split: str, start: int, count: int) -> list[tuple[str, str]]:
+def _write_images(out_dir: str, config: GeneratorConfig, split_index: int, split: str, start: int, count: int,
+                  progress: Callable[[int], object] | None = None) -> list[tuple[str, str]]:
     """Draw and write images start..start+count-1 of one split; returns their (file name, label)
-    rows. A set of named styles is drawn a whole split at a time, from the split's seed."""
+    rows. A set of named styles is drawn a whole split at a time, from the split's seed.
+    `progress(1)` is called after each image (in this process only: workers report per task)."""
     if seeds_per_image(config):
         drawn = (draw_sample(config, split_index, i) for i in range(start, start + count))
     else:
@@ -593,6 +597,8 @@ def _write_images(out_dir: str, config: GeneratorConfig, split_index: int, split
         name = image_name(text, i)
         write_image(Path(out_dir) / split / name, img)
         rows.append((name, text))
+        if progress is not None:
+            progress(1)
     return rows
 
 
@@ -616,8 +622,16 @@ def generate_dataset(out_dir: str | Path, config: GeneratorConfig, workers: int 
         tasks += [(str(out_dir), config, split_index, split, start, min(step, count - start)) for start in range(0, count, step)]
     rows: dict[str, list[tuple[str, str]]] = {split: [] for split in config.splits}
     processes = min(workers, max(len(tasks), 1))  # no idle workers for a set of a few tasks
-    for task, task_rows in zip(tasks, ordered_map(_write_images, tasks, processes)):
+    bar = tqdm(total=sum(config.splits.values()), desc=f"generating {out_dir}", unit="image", disable=None)  # None: on a terminal only
+    if processes == 1:
+        written = (_write_images(*task, progress=bar.update) for task in tasks)
+    else:
+        written = ordered_map(_write_images, tasks, processes)
+    for task, task_rows in zip(tasks, written):
         rows[task[3]] += task_rows
+        if processes > 1:
+            bar.update(len(task_rows))
+    bar.close()
     for split, split_rows in rows.items():
         with open(out_dir / split / "labels.csv", "w", newline="") as f:
             writer = csv.writer(f)

@@ -8,20 +8,19 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from serving.server import CaptchaServer, ServeConfig
+    from serving.config import EXIT_AFTER_GRACE_S, from_args
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    config = ServeConfig(
-        models=args.models, host=args.host, port=args.port, device=args.device, max_batch=args.max_batch,
-        max_delay_ms=args.max_delay_ms, max_queue=args.max_queue, workers=args.workers, preprocess_processes=args.preprocess_processes,
-        ort_threads=args.ort_threads, token=args.token or os.environ.get("CAPTCHA_TOKEN") or None,
-        tls_cert=args.tls_cert, tls_key=args.tls_key, metrics_port=args.metrics_port,
-        max_message_mb=args.max_message_mb, grace_s=args.grace,
-    )
-    server = CaptchaServer(config)
+    config = from_args(args)
+    config.check()  # before the heavy imports: an empty token, a bad limit
+    from serving.server import exit_now
+    from serving.supervisor import create_server
+
+    server = create_server(config)
     try:
         server.start()
     except BaseException:
@@ -31,14 +30,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     def on_signal(signum, frame) -> None:
         print(f"received {signal.Signals(signum).name}; draining for up to {config.grace_s:g} s", file=sys.stderr, flush=True)
         server.stop()
+        watchdog = threading.Timer(config.grace_s + EXIT_AFTER_GRACE_S, exit_now, args=(0,))  # whatever is still running
+        watchdog.daemon = True
+        watchdog.start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     scheme = "TLS" if config.tls_cert else "plaintext"
     extra = f", metrics on http://{config.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
-    print(f"captcha serve: {', '.join(n for n, _ in server.specs)} on {config.host}:{server.port} ({scheme}{', token auth' if config.token else ''}{extra})", flush=True)
+    processes = server.config.processes
+    print(f"captcha serve: {', '.join(n for n, _ in server.specs)} on {config.host}:{server.port} "
+          f"({processes} process{'es' if processes > 1 else ''}, {scheme}{', token auth' if config.token else ''}{extra})", flush=True)
     server.wait()
-    return 0
+    exit_now(0)  # threads still decoding past the grace are not waited for
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
@@ -80,24 +84,10 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `captcha serve` and `captcha client`."""
+    from serving.config import add_arguments
+
     p = subparsers.add_parser("serve", help="serve exported ONNX models over gRPC (captcha.v1 + KServe v2)")
-    p.add_argument("models", nargs="+", metavar="MODEL.onnx", help="models to serve, as PATH or NAME=PATH; the first is the default")
-    p.add_argument("--host", default="0.0.0.0", help="listen address for gRPC and metrics (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=50051)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--max-batch", type=int, default=32, help="largest batch one ONNX Runtime run takes")
-    p.add_argument("--max-delay-ms", type=float, default=2.0, help="how long the batcher waits to fill a batch")
-    p.add_argument("--max-queue", type=int, default=1024, help="queued images per model before RESOURCE_EXHAUSTED")
-    p.add_argument("--workers", type=int, default=0, help="decode/preprocess threads for multi-image calls (default: CPU count)")
-    p.add_argument("--preprocess-processes", type=int, default=0,
-                   help="decode/preprocess RecognizeBatch and ModelInfer calls in this many processes (default 0: threads only)")
-    p.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: CPU count - 1, leaving a core to the event loop)")
-    p.add_argument("--token", help="require `authorization: Bearer TOKEN` (default: $CAPTCHA_TOKEN)")
-    p.add_argument("--tls-cert", help="PEM certificate chain (enables TLS)")
-    p.add_argument("--tls-key", help="PEM private key")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this HTTP port")
-    p.add_argument("--max-message-mb", type=float, default=4.0, help="largest request accepted")
-    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM")
+    add_arguments(p)
     p.set_defaults(func=_cmd_serve)
 
     p = subparsers.add_parser("client", help="recognize images through a running `captcha serve`")

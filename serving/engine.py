@@ -2,24 +2,23 @@
 
 Everything here runs on the server's event loop. One small image is decoded and preprocessed
 right there (cheaper than handing it to a thread); several images, or a large one, go to the
-worker threads (OpenCV releases the GIL, so they use every core) or, with `processes`, to worker
-processes. The model runs in each model's `DynamicBatcher`. Failures become
-`RpcAbort(code, message)`, which the servicers turn into gRPC statuses (or per-item errors in
-batch and stream calls).
+worker threads (OpenCV releases the GIL, so they use the process's share of the cores; more cores
+take more server processes, `serving.supervisor`). The model runs in each model's
+`DynamicBatcher`. Failures become `RpcAbort(code, message)`, which the servicers turn into gRPC
+statuses (or per-item errors in batch and stream calls).
 
 Decoding memory is bounded per server process whatever `--workers` is: each of the W worker
-threads (and P worker processes) takes only images whose decode peaks, by their header, under
-`DECODE_BUDGET_BYTES / (W + P)`, and larger ones are decoded one at a time in one more thread, so
-decodes hold at most about `DECODE_BUDGET_BYTES` plus one large image, and large images never
-hold up the workers.
+threads takes only images whose decode peaks, by their header, under `DECODE_BUDGET_BYTES / W`,
+and larger ones are decoded one at a time in one more thread, so the decodes of one process hold
+at most about `DECODE_BUDGET_BYTES` plus one large image, and large images never hold up the
+workers. The budget is per process: `--processes N` holds at most N times it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import threading
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -78,20 +77,15 @@ class Entry:
 
 
 class Engine:
-    """Served models by name plus the preprocessing pools."""
+    """Served models by name plus the preprocessing threads of one server process."""
 
-    def __init__(self, metrics: Metrics, workers: int, max_batch: int, max_delay_s: float, max_queue: int, processes: int = 0,
+    def __init__(self, metrics: Metrics, workers: int, max_batch: int, max_delay_s: float, max_queue: int,
                  decode_budget_bytes: int | None = None):
         self.metrics = metrics
         self.workers = max(1, workers)
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="preprocess")
-        # Optional process pool for multi-image calls: the `denoise` preprocessor is mostly small
-        # numpy calls that hold the GIL, so threads cannot spread it over the cores; processes can.
-        # Started with "spawn" (never fork a process that runs gRPC threads).
-        self.processes = max(0, processes)
-        self.procs = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) if processes > 0 else None
-        budget = decode_budget_bytes or constants.DECODE_BUDGET_BYTES
-        self.worker_peak_bytes = budget // (self.workers + self.processes)  # larger images go to `large_images`
+        budget = decode_budget_bytes or constants.DECODE_BUDGET_BYTES  # this process's: see the module's docstring
+        self.worker_peak_bytes = budget // self.workers  # larger images go to `large_images`
         self.large_images = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-large")
         self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
         self.entries: dict[str, Entry] = {}
@@ -158,7 +152,7 @@ class Engine:
         args = (spec.preprocess, tuple(spec.input_size), spec.mean, spec.std)
         try:
             results = await self._preprocess(args, images, sources)
-        except RuntimeError as exc:  # a pool shutting down, or a dead worker process
+        except RuntimeError as exc:  # a pool shutting down
             abort = RpcAbort(grpc.StatusCode.UNAVAILABLE if "shutdown" in str(exc) else grpc.StatusCode.INTERNAL, f"preprocessing failed: {exc}")
             return [abort] * len(images)
         staged: list = []
@@ -176,25 +170,17 @@ class Engine:
         """(tensor, None) or (None, reason) per image: in the worker pool, then the images too large
         for a worker (by their header) one at a time in the `large_images` thread."""
         loop = asyncio.get_running_loop()
-        if self.procs is not None and len(images) > 1:
-            results = await loop.run_in_executor(self.procs, _preprocess_many, *args, images, sources, self.worker_peak_bytes)
-        else:  # contiguous chunks, one per worker thread
-            size = -(-len(images) // min(self.workers, len(images)))
-            chunks = [(images[i : i + size], sources[i : i + size]) for i in range(0, len(images), size)]
-            parts = await asyncio.gather(*(loop.run_in_executor(self.pool, _preprocess_many, *args, imgs, srcs, self.worker_peak_bytes)
-                                           for imgs, srcs in chunks))
-            results = [r for part in parts for r in part]
+        size = -(-len(images) // min(self.workers, len(images)))  # contiguous chunks, one per worker thread
+        chunks = [(images[i : i + size], sources[i : i + size]) for i in range(0, len(images), size)]
+        parts = await asyncio.gather(*(loop.run_in_executor(self.pool, _preprocess_many, *args, imgs, srcs, self.worker_peak_bytes)
+                                       for imgs, srcs in chunks))
+        results = [r for part in parts for r in part]
         deferred = [i for i, (tensor, error) in enumerate(results) if tensor is None and error is None]
         large = await asyncio.gather(*(loop.run_in_executor(self.large_images, _preprocess_many, *args, [images[i]], [sources[i]], None)
                                        for i in deferred))
         for i, (result,) in zip(deferred, large):
             results[i] = result
         return results
-
-    def warm_up_processes(self) -> None:
-        """Start every worker process now, not on the first request."""
-        if self.procs is not None:
-            list(self.procs.map(_preprocess_many, *zip(*[("gray", (8, 8), 0.0, 1.0, [], [], None)] * (2 * self.processes))))
 
     async def logits(self, staged: asyncio.Future) -> np.ndarray:
         """Wait for one image's logits row. A cancelled call (client gone, deadline passed)
@@ -217,8 +203,6 @@ class Engine:
             await entry.batcher.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.large_images.shutdown(wait=False, cancel_futures=True)
-        if self.procs is not None:
-            self.procs.shutdown(wait=False, cancel_futures=True)
 
 
 def cancel_staged(items) -> None:
@@ -230,7 +214,7 @@ def cancel_staged(items) -> None:
 
 def _preprocess_many(name: str, size: tuple[int, int], mean: float, std: float, images: list[bytes], sources: list[str],
                      max_peak_bytes: int | None) -> list:
-    """Pool task (thread or process): decode + preprocess + normalise each image with the very
+    """Pool task: decode + preprocess + normalise each image with the very
     functions `captcha predict` uses; (tensor, None) or (None, reason) each, or (None, None) for an
     image whose decode would peak over `max_peak_bytes` by its header (left to the caller)."""
     from captcha.imageio import decode_image

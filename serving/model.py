@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,6 @@ from captcha.imageio import decode_image
 from captcha.preprocess import get_preprocessor, normalize
 
 log = logging.getLogger("captcha.serving")
-_provider_lock = threading.Lock()
-_announced: set[str] = set()
 
 
 def _cuda_device_present() -> bool:
@@ -66,13 +63,6 @@ def _preload_cuda_libraries(ort) -> None:
         preload()
     except Exception as exc:  # noqa: BLE001 - then ORT searches the system's library path as before
         log.warning("onnxruntime.preload_dlls failed (%s); using the system's CUDA libraries", exc)
-
-
-def _announce(provider: str) -> None:
-    with _provider_lock:
-        if provider not in _announced:
-            _announced.add(provider)
-            log.warning("ONNX Runtime runs on %s", provider)
 
 
 @dataclass
@@ -122,7 +112,12 @@ class ModelSpec:
 
 
 class ServedModel:
-    """A loaded ONNX model: preprocess bytes, run batches, decode logits. Thread-safe."""
+    """A loaded ONNX model: preprocess bytes, run batches, decode logits. Thread-safe.
+
+    `provider` is the execution provider that runs it; `fallback` says why, when CUDA was chosen
+    but ONNX Runtime could not start it and runs the model on the CPU instead (else None). The
+    server reports both once, however many processes load the model.
+    """
 
     def __init__(self, name: str, path: str | Path, device: str = "auto", threads: int = 0):
         import onnxruntime as ort
@@ -143,7 +138,10 @@ class ServedModel:
             raise ValueError(f"{self.path}: not a loadable ONNX model ({type(exc).__name__}: {str(exc)[:200]}); "
                              "write one with `captcha export RUN`") from exc
         self.provider = self.session.get_providers()[0]
-        _announce(self.provider)
+        self.fallback = None
+        if providers[0] != self.provider:
+            self.fallback = (f"{providers[0]} was chosen but ONNX Runtime could not start it (see its log above); "
+                             f"{self.name} runs on {self.provider}")
         self.spec = ModelSpec.from_props(dict(self.session.get_modelmeta().custom_metadata_map), str(self.path))
         self._preprocessor = get_preprocessor(self.spec.preprocess)
 

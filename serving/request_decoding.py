@@ -211,4 +211,4 @@ def register(add_servicer: Callable, servicer, server, on_refused: Optional[Refu
     stand_in = _GuardingServer(server, on_refused)
     add_servicer(servicer, stand_in)
     if not stand_in.registered:  # stubs from a grpcio-tools without registered handlers
-        raise RuntimeError(f"{add_servicer.__name__} did not register its handlers by name; regenerate the stubs (python -m serving.gen_protos)")
+        raise RuntimeError(f"{add_servicer.__name__} did not register its handlers by name; regenerate the stubs with protos/generate.sh")

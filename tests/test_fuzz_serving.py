@@ -1,12 +1,15 @@
 """Property-based fuzzing of the gRPC server with Hypothesis: image bytes, protobuf fields and
 bytes, KServe tensors.
 
-One server per module (an untrained ONNX model built without torch, loopback port 0). Every
-fuzzed call must end with OK or a status code that docs/serving-errors.md lists for its method
-(the table there is read here), a normal call must succeed right after it, and the server's
-memory (this process's resident size: the server runs in it) must stay within `RSS_GROWTH_BOUND`
-of what it was when the server started. Fixed example budgets keep the module to well under a
-minute on two cores; no example database is written.
+One server per module and process count (an untrained ONNX model built without torch, loopback
+port 0): in this process (`--processes 1`), and as two worker processes under a supervisor
+(`--processes 2`), whose every check must hold in each worker. Every fuzzed call must end with OK
+or a status code that docs/serving-errors.md lists for its method (the table there is read here),
+a normal call must succeed right after it, no worker process may have died (the supervisor would
+replace it quietly), and each server process's resident memory must stay within
+`RSS_GROWTH_BOUND` (the decode budget is per process) of what it was when the server started.
+Fixed example budgets keep the module to about a minute on two cores; no example database is
+written.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from serving._proto.inference import grpc_service_pb2 as kpb
 from serving._proto.inference import grpc_service_pb2_grpc as kpb_grpc
 from serving.client import open_channel
 from serving.server import CaptchaServer, ServeConfig
+from serving.supervisor import Supervisor, create_server
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("fuzz_strategies", Path(__file__).resolve().parent / "fuzz_strategies.py")
@@ -38,7 +42,7 @@ fuzz = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow on corrupt metadata, by design here
-RSS_GROWTH_BOUND = 256 * 2**20  # the decode budget: what the server may add to its memory while fuzzed
+RSS_GROWTH_BOUND = 256 * 2**20  # the decode budget: what a server process may add to its memory while fuzzed
 FUZZ = settings(max_examples=40, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
@@ -86,10 +90,10 @@ def tiny_onnx_model(path: Path) -> Path:
     return path
 
 
-def resident_bytes() -> int | None:
-    """This process's resident memory now (Linux), or None where /proc is not there."""
+def resident_bytes(pid: int | str = "self") -> int | None:
+    """A process's resident memory now (Linux), or None where /proc is not there."""
     try:
-        status = Path("/proc/self/status").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
@@ -98,12 +102,20 @@ def resident_bytes() -> int | None:
 class Served:
     """The fuzzed server, its stubs, and the checks run after every call."""
 
-    def __init__(self, server: CaptchaServer, channel: grpc.Channel):
+    def __init__(self, server: CaptchaServer | Supervisor, channel: grpc.Channel):
         self.server, self.channel = server, channel
         self.recognizer = pb_grpc.RecognizerStub(channel)
         self.kserve = kpb_grpc.GRPCInferenceServiceStub(channel)
         self.good = cv2.imencode(".png", np.full((*INPUT_SIZE, 3), 200, np.uint8))[1].tobytes()
-        self.baseline = resident_bytes()
+        self.version = self.kserve.ModelMetadata(kpb.ModelMetadataRequest(name="captcha"), timeout=30).versions[0]
+        self.workers = server.worker_pids() if isinstance(server, Supervisor) else None
+        self.baseline = self.resident()
+
+    def resident(self) -> dict[str, int | None]:
+        """The resident memory of each server process: this one, or each worker."""
+        if self.workers is None:
+            return {"this process": resident_bytes()}
+        return {f"worker {slot} (pid {pid})": resident_bytes(pid) for slot, pid in self.workers.items()}
 
     def outcome(self, method: str, call) -> tuple[str, object]:
         """Run `call`; its status code must be documented for `method`. Returns (code, reply)."""
@@ -117,16 +129,19 @@ class Served:
     def still_serving(self) -> None:
         reply = self.recognizer.Recognize(pb.RecognizeRequest(image=self.good), timeout=30)
         assert len(reply.text) == DEFAULT_LENGTH and not reply.HasField("error")
-        now = resident_bytes()
-        if now is not None and self.baseline is not None:
-            assert now - self.baseline < RSS_GROWTH_BOUND, f"the server grew by {(now - self.baseline) / 2**20:.0f} MiB"
+        if self.workers is not None:
+            assert self.server.worker_pids() == self.workers, "a server process died and was replaced"
+        for name, now in self.resident().items():
+            before = self.baseline[name]
+            if now is not None and before is not None:
+                assert now - before < RSS_GROWTH_BOUND, f"{name} grew by {(now - before) / 2**20:.0f} MiB"
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-processes"])
+def served(tmp_path_factory, request):
     model = tiny_onnx_model(tmp_path_factory.mktemp("fuzz") / "captcha.onnx")
-    server = CaptchaServer(ServeConfig(models=[str(model)], host="127.0.0.1", port=0, max_message_mb=1, max_queue=16,
-                                       workers=2, grace_s=0)).start()
+    server = create_server(ServeConfig(models=[str(model)], host="127.0.0.1", port=0, processes=request.param, max_message_mb=1,
+                                       max_queue=16, workers=2, grace_s=0)).start()
     with open_channel(f"127.0.0.1:{server.port}") as channel:
         yield Served(server, channel)
     server.stop(0).wait(10)
@@ -307,8 +322,7 @@ def test_kserve_model_infer(served, case) -> None:
 @FUZZ
 @given(name=names, version=st.sampled_from(["", "1"]) | st.text(max_size=300))
 def test_model_lookups(served, name, version) -> None:
-    served_version = served.server.engine.entries["captcha"].model.version
-    found = known_model(name) and version in ("", served_version)
+    found = known_model(name) and version in ("", served.version)
     code, _ = served.outcome("GetModelInfo", lambda: served.recognizer.GetModelInfo(pb.GetModelInfoRequest(model=name), timeout=30))
     assert code == ("OK" if known_model(name) else "NOT_FOUND")
     code, _ = served.outcome("ModelMetadata", lambda: served.kserve.ModelMetadata(kpb.ModelMetadataRequest(name=name, version=version), timeout=30))

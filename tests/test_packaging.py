@@ -40,29 +40,44 @@ START_TIMEOUT_S = 120
 CALL_TIMEOUT_S = 60
 
 
+# Modules that run only inside Triton's Python backend: they import `triton_python_backend_utils`,
+# which Triton provides; tests/test_triton_export.py runs them without torch beside a stand-in.
+TRITON_BACKEND_MODULES = ("serving/triton/preprocess_model.py", "serving/triton/postprocess_model.py")
+
+
 def _serving_modules() -> list[str]:
-    """Every module of the `serving` package, generated stubs included."""
+    """Every module of the `serving` package, generated stubs included, but those Triton runs."""
     names = []
     for path in sorted((ROOT / "serving").rglob("*.py")):
+        if path.relative_to(ROOT).as_posix() in TRITON_BACKEND_MODULES:
+            continue
         parts = path.relative_to(ROOT).with_suffix("").parts
         names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     return names
 
 
+# Python code that makes importing torch (and the other training-only packages) fail as it fails
+# where they are not installed, for a subprocess that runs the serving-only install's view.
+NO_TRAINING_GUARD = (
+    "import importlib.abc, sys\n"
+    "class Blocked(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    f"        if name.partition('.')[0] in {TRAINING_ONLY!r}:\n"
+    "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+    "sys.meta_path.insert(0, Blocked())\n"
+)
+
+
+def _without_training(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter behind `NO_TRAINING_GUARD`."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", NO_TRAINING_GUARD + code, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
 def test_serving_modules_import_without_torch() -> None:
-    """A guard on sys.meta_path makes `import torch` (and the other training-only packages) fail;
-    every serving module and the serve/client verbs of the `captcha` command must still load. The
-    Triton Python-backend models import `triton_python_backend_utils`, which only Triton provides:
-    an empty stand-in lets them load here, so their own imports are checked too."""
-    guard = (
-        "import importlib.abc, sys, types\n"
-        "sys.modules['triton_python_backend_utils'] = types.ModuleType('triton_python_backend_utils')\n"
-        "class Blocked(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        f"        if name.partition('.')[0] in {TRAINING_ONLY!r}:\n"
-        "            raise ImportError(f'{name} is not part of the serving install')\n"
-        "sys.meta_path.insert(0, Blocked())\n"
-    )
+    """With the training-only packages blocked, every serving module and the serve/client verbs
+    of the `captcha` command must still load."""
     check = (
         "import importlib, json\n"
         "try:\n    import torch\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('the guard let torch in')\n"
@@ -76,11 +91,25 @@ def test_serving_modules_import_without_torch() -> None:
     )
     modules = _serving_modules()
     assert "serving.server" in modules and "serving._proto.inference.grpc_service_pb2_grpc" in modules
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", guard + check, json.dumps(modules)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = _without_training(check, json.dumps(modules))
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"imported {len(modules)} modules" in done.stdout
+
+
+def test_the_captcha_command_without_torch_names_what_is_missing() -> None:
+    """The serving-only install: `captcha --help` lists the verbs that work and names what the
+    others need; another verb is one error line naming the missing package, not a traceback."""
+    run = "import sys\nfrom captcha.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    helped = _without_training(run, "--help")
+    assert helped.returncode == 0, helped.stderr[-3000:]
+    assert "serve" in helped.stdout and "client" in helped.stdout and "train" not in helped.stdout
+    assert "the other verbs need torch" in " ".join(helped.stdout.split())
+    for argv in (["--version"], ["serve", "--help"]):
+        assert _without_training(run, *argv).returncode == 0, argv
+    for verb in ("train", "export", "predict"):
+        done = _without_training(run, verb, "runs/x")
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert done.stderr.startswith(f"error: `captcha {verb}` needs torch, which this install lacks") and done.stderr.count("\n") == 1
 
 
 def _requirement_lines(path: Path) -> list[str]:

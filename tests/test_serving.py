@@ -1,5 +1,6 @@
 """The gRPC server, for real, on a loopback port: APIs, agreement with `captcha predict`, bad
-input, auth, graceful shutdown, KServe v2 and metrics (the generated stubs: tests/test_packaging.py)."""
+input, auth, graceful shutdown, KServe v2 and metrics (the generated stubs: tests/test_packaging.py).
+Every test that starts a server runs against one process and against two processes sharing the port."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from serving._proto.captcha.v1 import recognizer_pb2 as pb
 from serving._proto.inference import grpc_service_pb2 as kpb
 from serving._proto.inference import grpc_service_pb2_grpc as kpb_grpc
 from serving.client import RecognizerClient, open_channel, response_dict
-from serving.server import CaptchaServer, ServeConfig
+from serving.server import ServeConfig
+from serving.supervisor import create_server
 
 TOKEN = "s3cret"
 
@@ -35,13 +37,18 @@ def artifacts(tmp_path_factory):
     return {"run": tmp / "run", "onnx": onnx_path, "images": images}
 
 
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-processes"])
+def processes(request) -> int:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def server(artifacts):
+def server(artifacts, processes):
     config = ServeConfig(
-        models=[str(artifacts["onnx"]), f"second={artifacts['onnx']}"], host="127.0.0.1", port=0,
+        models=[str(artifacts["onnx"]), f"second={artifacts['onnx']}"], host="127.0.0.1", port=0, processes=processes,
         max_batch=8, max_delay_ms=2, token=TOKEN, metrics_port=0, max_message_mb=1, grace_s=2,
     )
-    srv = CaptchaServer(config).start()
+    srv = create_server(config).start()
     yield srv
     srv.stop(0).wait(10)
 
@@ -186,8 +193,8 @@ def test_metrics_endpoint(server, client, artifacts) -> None:
         assert family in text
 
 
-def test_graceful_shutdown_finishes_call_in_flight(artifacts) -> None:
-    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, grace_s=10)).start()
+def test_graceful_shutdown_finishes_call_in_flight(artifacts, processes) -> None:
+    srv = create_server(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, processes=processes, grace_s=10)).start()
     image = artifacts["images"][0].read_bytes()
     with open_channel(f"127.0.0.1:{srv.port}") as ch:
         client = RecognizerClient(ch)
@@ -211,10 +218,10 @@ def test_graceful_shutdown_finishes_call_in_flight(artifacts) -> None:
         assert _code(lambda: client.recognize(image)) == grpc.StatusCode.UNAVAILABLE
 
 
-def test_calls_sent_just_before_a_stop_are_answered_not_cancelled(artifacts) -> None:
+def test_calls_sent_just_before_a_stop_are_answered_not_cancelled(artifacts, processes) -> None:
     # Many calls at once, then stop at once: some still wait in gRPC's transport, not yet handed to a
     # handler, and a bare `server.stop(grace)` cancelled those (about 175 of 200 here before the drain).
-    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, grace_s=10)).start()
+    srv = create_server(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, processes=processes, grace_s=10)).start()
     images = [p.read_bytes() for p in artifacts["images"]]
     with open_channel(f"127.0.0.1:{srv.port}") as ch:
         stub = RecognizerClient(ch).stub

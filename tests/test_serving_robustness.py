@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.util
 import os
 import shutil
@@ -36,6 +37,8 @@ from serving.health_probe import check as health_check
 from serving.health_probe import main as health_probe_main
 from serving.model import ServedModel
 from serving.server import CaptchaServer, ServeConfig
+from serving.supervisor import Supervisor, create_server
+from serving_hooks import split_recording_worker
 
 WAIT_S = 20  # upper bound for waiting on a condition (never an expected duration)
 
@@ -154,10 +157,11 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-@pytest.fixture(scope="module")
-def tls_server(artifacts, tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-processes"])
+def tls_server(artifacts, tmp_path_factory, request):
     cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
-    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, tls_cert=str(cert), tls_key=str(key), grace_s=1)).start()
+    srv = create_server(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, processes=request.param,
+                                    tls_cert=str(cert), tls_key=str(key), grace_s=1)).start()
     yield srv, cert
     srv.stop(0).wait(10)
 
@@ -294,9 +298,16 @@ def test_full_queue_sheds_load_then_recovers(artifacts, gated) -> None:
 # -------------------------------------------------------------------------- oversized messages
 
 
-@pytest.fixture(scope="module")
-def small_limit_server(artifacts):
-    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, max_message_mb=0.25, grace_s=1)).start()
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-processes"])
+def small_limit_server(artifacts, request, tmp_path_factory):
+    config = ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, processes=request.param, max_message_mb=0.25, grace_s=1)
+    if request.param == 1:
+        srv = create_server(config).start()
+        srv.split_log = None
+    else:  # its workers record where they split KServe raw tensors (test_kserve_counts_items_...)
+        split_log = tmp_path_factory.mktemp("split") / "threads.txt"
+        srv = Supervisor(config, worker_main=functools.partial(split_recording_worker, str(split_log))).start()
+        srv.split_log = split_log
     with open_channel(f"127.0.0.1:{srv.port}") as channel:  # the client itself allows 64 MiB
         yield srv, channel
     srv.stop(0).wait(10)
@@ -338,13 +349,13 @@ def test_under_the_limit_but_not_an_image_is_invalid_argument(artifacts, small_l
     assert client.recognize(artifacts["images"][0].read_bytes()).text
 
 
-# ------------------------------------------------------------------- process-pool preprocessing
+# ------------------------------------------------------------------- several server processes
 
 
-def test_process_pool_preprocessing_gives_the_same_answers(artifacts) -> None:
-    """`--preprocess-processes`: batch calls decode + preprocess in worker processes, same functions,
-    same answers as `captcha predict`; a bad item still gets its own INVALID_ARGUMENT."""
-    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, preprocess_processes=1, grace_s=1)).start()
+def test_several_server_processes_give_the_same_answers(artifacts) -> None:
+    """`--processes 2`: calls decode + preprocess in the worker processes, same functions, same
+    answers as `captcha predict`; a bad item still gets its own INVALID_ARGUMENT."""
+    srv = create_server(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, processes=2, grace_s=1)).start()
     try:
         with open_channel(f"127.0.0.1:{srv.port}") as channel:
             client = RecognizerClient(channel, timeout=60)
@@ -593,24 +604,31 @@ def test_kserve_refuses_what_triton_refuses(artifacts, small_limit_server) -> No
 def test_kserve_counts_items_before_reading_them_and_splits_off_the_event_loop(artifacts, small_limit_server, monkeypatch) -> None:
     from serving import servicer
 
-    threads: list[str] = []
-    real_split = servicer._split_raw_bytes
-    monkeypatch.setattr(servicer, "_split_raw_bytes", lambda raw, n: (threads.append(threading.current_thread().name), real_split(raw, n))[1])
-    _srv, channel = small_limit_server
+    srv, channel = small_limit_server
+    recorded: list[str] = []
+    if srv.split_log is None:  # the server runs here
+        real_split = servicer._split_raw_bytes
+        monkeypatch.setattr(servicer, "_split_raw_bytes", lambda raw, n: (recorded.append(threading.current_thread().name), real_split(raw, n))[1])
+    else:  # in its worker processes, which write to srv.split_log
+        srv.split_log.unlink(missing_ok=True)
+
+    def threads() -> list[str]:
+        return recorded if srv.split_log is None or not srv.split_log.exists() else srv.split_log.read_text().split()
+
     stub = kpb_grpc.GRPCInferenceServiceStub(channel)
     empties = _raw(b"") * 50_000  # 200 KB of zero-length items
     tensor = kpb.ModelInferRequest.InferInputTensor
     with pytest.raises(grpc.RpcError) as err:  # more than could ever be queued: refused from the shape alone
         _infer(stub, [tensor(name="image", datatype="BYTES", shape=[50_000])], [empties])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "50000 images in one call" in err.value.details()
-    assert threads == []
+    assert threads() == []
     with pytest.raises(grpc.RpcError) as err:  # the split stops after the elements the shape names
         _infer(stub, [tensor(name="image", datatype="BYTES", shape=[2])], [empties])
     assert "more than the 2 element(s)" in err.value.details()
     good = artifacts["images"][0].read_bytes()
     reply = _infer(stub, [tensor(name="image", datatype="BYTES", shape=[1])], [_raw(good)])
     assert list(reply.outputs[0].shape) == [1]
-    assert len(threads) == 2 and "grpc-aio" not in threads  # never on the server's event loop
+    assert len(threads()) == 2 and "grpc-aio" not in threads()  # never on the server's event loop
 
 
 def test_large_requests_are_parsed_off_the_event_loop_and_counted_first() -> None:
@@ -726,11 +744,13 @@ time.sleep(600)
 """
 
 
-def test_streams_whose_client_dies_are_counted_cancelled(artifacts) -> None:
+@pytest.mark.parametrize("processes", [1, 2], ids=["1-process", "2-processes"])
+def test_streams_whose_client_dies_are_counted_cancelled(artifacts, processes) -> None:
     """A client killed with streams open: every stream is CANCELLED in captcha_requests_total
-    (old: most were counted OK, the end of their requests taken for a normal one)."""
+    (old: most were counted OK, the end of their requests taken for a normal one); with several
+    processes, in the sum the supervisor reads from the workers' prometheus-client files."""
     count = 30
-    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, grace_s=1)).start()
+    srv = create_server(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, processes=processes, grace_s=1)).start()
     child = subprocess.Popen([sys.executable, "-c", _DYING_CLIENT, f"127.0.0.1:{srv.port}", str(artifacts["images"][0]), str(count)],
                              stdout=subprocess.PIPE, text=True)
     try:

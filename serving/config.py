@@ -1,0 +1,175 @@
+"""`captcha serve`'s settings, declared once.
+
+`ServeConfig` is both the server's Python API and the source of its command line: each field
+carries its help text (and any argparse detail) as metadata, and `add_arguments` builds one flag
+per field, so a new server option is one new field. `from_args` turns the parsed flags back into
+a config, `check` refuses nonsense with one line naming the flag, and `resolved` fills in the
+automatic values (processes, threads) for the machine it runs on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import typing
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+
+# `--processes 0` (automatic) starts one process per available CPU, but no more than this:
+# past it, memory grows (one ONNX Runtime session and decode pool per process) for little gain.
+MAX_AUTO_PROCESSES = 32
+
+# How a stop ends, whatever is still running: after --grace a server process exits by itself within
+# EXIT_MARGIN_S, the supervisor kills a worker still there KILL_AFTER_S later, and `captcha serve`
+# is gone EXIT_AFTER_GRACE_S after the grace at the latest.
+EXIT_MARGIN_S = 0.5
+KILL_AFTER_S = 0.3
+EXIT_AFTER_GRACE_S = 1.0
+
+
+def option(default, help: str, *, flag: str | None = None, env: str | None = None, **argparse_kwargs) -> typing.Any:
+    """A `ServeConfig` field: its default, its `--help` text, the flag name when it is not the
+    field's, an environment variable read when the flag is not given, and extra argparse settings."""
+    return field(default=default, metadata={"help": help, "flag": flag, "env": env, "argparse": argparse_kwargs})
+
+
+@dataclass
+class ServeConfig:
+    """Everything `captcha serve` can set."""
+
+    models: list[str] = field(metadata={"help": "models to serve, as PATH or NAME=PATH; the first is the default",
+                                        "argparse": {"nargs": "+", "metavar": "MODEL.onnx"}})
+    host: str = option("0.0.0.0", "listen address for gRPC and metrics")
+    port: int = option(50051, "gRPC port (0: any free port)")
+    processes: int = option(0, "server processes sharing the gRPC port, each with its own batcher and ONNX Runtime session "
+                            f"(0: one per available CPU, at most {MAX_AUTO_PROCESSES}; 1: one process)")
+    device: str = option("auto", "where ONNX Runtime runs the model (auto: the GPU when onnxruntime-gpu finds one)",
+                         choices=("auto", "cpu", "cuda"))
+    max_batch: int = option(32, "largest batch one ONNX Runtime run takes")
+    max_delay_ms: float = option(2.0, "how long the batcher waits to fill a batch")
+    max_queue: int = option(1024, "queued images per model and process before RESOURCE_EXHAUSTED")
+    workers: int = option(0, "decode/preprocess threads per process for multi-image calls (0: the process's share of the CPUs)")
+    ort_threads: int = option(0, "ONNX Runtime intra-op threads per process (0: with one process, CPU count - 1, leaving a "
+                              "core to the event loop; with several, the process's share of the CPUs)")
+    token: str | None = option(None, "require `authorization: Bearer TOKEN` on every call but health (default: $CAPTCHA_TOKEN)",
+                               env="CAPTCHA_TOKEN")
+    tls_cert: str | None = option(None, "PEM certificate chain (enables TLS)")
+    tls_key: str | None = option(None, "PEM private key (unencrypted)")
+    metrics_port: int | None = option(None, "serve Prometheus metrics on this HTTP port (0: any free port), summed over the processes")
+    max_message_mb: float = option(4.0, "largest request accepted, in MiB")
+    max_connection_age_s: float = option(0.0, "ask each client to reconnect after this many seconds (calls in flight finish first), so "
+                                         "long-lived connections spread again over processes and replicas that came up since; 0: never",
+                                         flag="--max-connection-age")
+    grace_s: float = option(10.0, "on SIGTERM, seconds calls in flight get to finish; the server is gone within about a second more",
+                            flag="--grace")
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, with one line naming the flag."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("the token is empty (--token \"\" or CAPTCHA_TOKEN set but empty): give a token, "
+                             "or leave out both to serve without authentication")
+        for flag, value in (("--max-batch", self.max_batch), ("--max-queue", self.max_queue)):
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, not {value}")
+        for flag, value in (("--processes", self.processes), ("--workers", self.workers), ("--ort-threads", self.ort_threads)):
+            if value < 0:
+                raise ValueError(f"{flag} must be 0 (automatic) or more, not {value}")
+        if not self.max_message_mb > 0:
+            raise ValueError(f"--max-message-mb must be positive, not {self.max_message_mb:g}")
+        for flag, value in (("--max-delay-ms", self.max_delay_ms), ("--grace", self.grace_s), ("--max-connection-age", self.max_connection_age_s)):
+            if not value >= 0:
+                raise ValueError(f"{flag} must be zero or more, not {value:g}")
+        for flag, value in (("--port", self.port), ("--metrics-port", self.metrics_port)):
+            if value is not None and not 0 <= value <= 65535:
+                raise ValueError(f"{flag} must be a port number from 0 to 65535, not {value}")
+
+    def resolved(self, cpus: int | None = None) -> "ServeConfig":
+        """A copy with the automatic (0) process and thread counts worked out for `cpus` CPUs
+        (default: those this process may use)."""
+        cpus = cpus or available_cpus()
+        processes = self.processes or min(cpus, MAX_AUTO_PROCESSES)
+        share = max(1, cpus // processes)
+        return replace(
+            self,
+            processes=processes,
+            workers=self.workers or (share if processes > 1 else cpus),
+            ort_threads=self.ort_threads or (share if processes > 1 else max(1, cpus - 1)),
+        )
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup CPU quota (a container's
+    `--cpus`, a Kubernetes CPU limit), which `os.cpu_count()` does not see."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (cgroup v2 `cpu.max`, or v1's cfs files), None when unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        return None if quota < 0 else quota / int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------- command line
+
+
+def _flag(f) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, config_class: type = ServeConfig) -> None:
+    """One argparse argument per field of `config_class`: a positional for a field without a
+    default, else `--field-name` (or the field's own flag) of the field's type."""
+    hints = typing.get_type_hints(config_class)
+    for f in fields(config_class):
+        meta = dict(f.metadata)
+        kwargs = dict(meta.get("argparse", {}))
+        help_text = meta.get("help", "")
+        if f.default is MISSING and f.default_factory is MISSING:
+            parser.add_argument(f.name, help=help_text, **kwargs)
+            continue
+        kind = _scalar_type(hints[f.name])
+        if kind is not bool and "choices" not in kwargs:
+            kwargs.setdefault("metavar", _flag(f)[2:].upper().replace("-", "_"))
+        if f.default is not None and not meta.get("env"):
+            help_text += " (default: %(default)s)"
+        if kind is bool:
+            parser.add_argument(_flag(f), dest=f.name, action="store_true", default=f.default, help=help_text)
+        else:
+            parser.add_argument(_flag(f), dest=f.name, type=kind, default=f.default, help=help_text, **kwargs)
+
+
+def _scalar_type(hint) -> type:
+    """`int`, `float | None` ... -> the argparse type (int, float, str or bool)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def from_args(args: argparse.Namespace, config_class: type = ServeConfig):
+    """The config the parsed flags describe; a field with an `env` variable reads it when its flag
+    is not given (an empty variable stays empty, for `check` to refuse)."""
+    values = {}
+    for f in fields(config_class):
+        value = getattr(args, f.name, None)
+        if value is None and f.metadata.get("env"):
+            value = os.environ.get(f.metadata["env"])
+        if value is not None:
+            values[f.name] = value
+    return config_class(**values)
