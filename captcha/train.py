@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -194,12 +195,34 @@ def enter_stage(run: Run, epoch: int) -> Stage:
     stage = run.stages[index]
     if index != run.stage_index:
         set_backbone_trainable(run.model, not stage.freeze_backbone)
-        run.stepped = dist.wrap_model(run.model, run.device)
+        run.stepped = _compiled(dist.wrap_model(run.model, run.device), run.options.compile)
         run.optimizer = stage.optimizer([p for p in run.model.parameters() if p.requires_grad])
         steps = math.ceil(math.ceil(len(run.data.train) / dist.world_size()) / run.options.batch_size)
         run.scheduler = stage.scheduler(run.optimizer, steps)
         run.stage_index = index
     return stage
+
+
+def _compiled(model: nn.Module, wanted: bool) -> nn.Module:
+    """`model` compiled by torch.compile when `wanted` and this torch can (else `model` itself);
+    a compiled model that fails at its first step falls back in `_forward`."""
+    if not wanted or not hasattr(torch, "compile"):
+        return model
+    return torch.compile(model, dynamic=False)
+
+
+def _forward(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """The training model's logits; a compiled model that cannot compile is replaced by the
+    plain one, with one warning, and training goes on."""
+    try:
+        return run.stepped(x)
+    except Exception as exc:  # noqa: BLE001 - torch.compile raises many kinds (backend, dynamo, C++ toolchain)
+        plain = getattr(run.stepped, "_orig_mod", None)
+        if plain is None:
+            raise
+        warnings.warn(f"--compile: the model did not compile ({type(exc).__name__}: {str(exc)[:200]}); training without it")
+        run.stepped = plain
+        return run.stepped(x)
 
 
 def _train_epochs(run: Run, on_epoch_end: Callable[[int, dict], None] | None, log: Log) -> None:
@@ -315,7 +338,7 @@ def _step_work(run: Run, split: LabeledImages, idx: torch.Tensor, on_images: tor
         x = x.contiguous(memory_format=torch.channels_last)
     y = y.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp and bf16_pays(device)):
-        logits = run.stepped(x)
+        logits = _forward(run, x)
         if teacher is not None:
             with torch.no_grad():
                 teacher_logits = teacher(x)
