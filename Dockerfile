@@ -2,9 +2,10 @@
 #   docker build -t captchakit-serve .
 #   docker run --gpus all -p 50051:50051 -p 9090:9090 -v $PWD/models:/models:ro \
 #       -e CAPTCHA_TOKEN=change-me captchakit-serve /models/captcha.onnx --metrics-port 9090
-# A plain base: the CUDA and cuDNN libraries come with the pip wheels (torch's nvidia-* packages,
-# which onnxruntime-gpu loads through onnxruntime.preload_dlls), so they always match the ONNX
-# Runtime that pip picks; `docker run --gpus all` (NVIDIA Container Toolkit) adds the driver.
+# The serving set only (requirements/serve.txt: no PyTorch), see docs/install.md. A plain base: the
+# CUDA and cuDNN libraries come with onnxruntime-gpu's [cuda,cudnn] wheels, which it loads through
+# onnxruntime.preload_dlls, so they always match the ONNX Runtime that pip picks; `docker run
+# --gpus all` (NVIDIA Container Toolkit) adds the driver.
 FROM ubuntu:24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -22,12 +23,19 @@ RUN apt-get update \
  && python3 -m venv /opt/venv
 
 WORKDIR /src
+# Dependencies first, in their own layer: a code change does not reinstall them. A CPU-only image
+# leaves out the CUDA and cuDNN wheels: --build-arg CUDA_WHEELS=
+ARG CUDA_WHEELS=[cuda,cudnn]
+COPY requirements/serve.txt ./requirements/
+RUN pip install -r requirements/serve.txt "onnxruntime-gpu${CUDA_WHEELS}; platform_machine == 'x86_64'"
 COPY pyproject.toml README.md ./
 COPY captcha ./captcha
 COPY serving ./serving
 COPY protos ./protos
-# The same install a user runs: torch, torchvision, onnxruntime-gpu, grpcio ... from PyPI.
-RUN pip install . && rm -rf /src
+# The project itself without its training dependencies (torch, torchvision, onnx, ...); then the
+# serving modules must import (stubs, protobuf and gRPC agree) or the build stops here.
+RUN pip install --no-deps . && rm -rf /src \
+ && cd / && python -c "import serving.server, serving.health_probe"
 
 RUN useradd --create-home --uid 10001 captcha
 USER captcha

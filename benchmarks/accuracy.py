@@ -1,11 +1,12 @@
 """Accuracy on CAPTCHA styles the project never trained on, default recipe vs the plain baseline.
 
-    python benchmarks/accuracy.py [--styles eval-plain eval-scriptc eval-lines] [--unlabeled 8000]
+    python benchmarks/accuracy.py [--styles eval-plain eval-scriptc eval-lines eval-thin] [--unlabeled 8000]
                                   [--try augment=strong ...] [--recipes N...] [--grid [--grid-models M...] [--grid-epochs N]]
                                   [--workdir DIR]
 
 For each held-out evaluation style (`captcha.generate.EVAL_STYLES`: fonts, colours, distortion
-and noise unlike every pre-training style) it draws 4000 train / 1000 val / 3000 test images
+and noise unlike every pre-training style; `eval-thin` draws thin warped strokes under a thick
+curve of the text colour, in small text) it draws 4000 train / 1000 val / 3000 test images
 with 36 symbols and trains:
 - the default recipe (`captcha train --data DIR`, no other flags: fine-tuned from the shipped
   synthetic pre-training weights, which never saw these styles);

@@ -8,7 +8,11 @@ model from the meta alone: no flag can disagree with it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import io
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -82,13 +86,42 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any], **extra: Any) -> Path:
-    """Write atomically, so an interruption never leaves a half-written checkpoint."""
+    """Write atomically, so an interruption never leaves a half-written checkpoint, and a write
+    that fails (a full disk) leaves the previous checkpoint as it was."""
     path = Path(path)
     state = {"meta": meta, "model_state": _unwrap(model).state_dict(), **extra}
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # serialised first: torch's own file writer reports no errno or file name
+    write_atomically(path, buffer.getbuffer())
     return path
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint that could not be written; the message names it and says why."""
+
+
+def write_atomically(path: Path, data: bytes | memoryview) -> None:
+    """`data` to `<path stem>.tmp`, flushed to disk, then renamed over `path`. On failure the
+    partial file is removed, `path` is untouched, and CheckpointSaveError names both."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        why = f"the disk is full ({exc.strerror})" if full else f"{exc.strerror or exc}"
+        kept = f"the previous {path} is kept" if path.exists() else "no earlier one was there"
+        raise CheckpointSaveError(f"{path}: not saved, {why} while writing {tmp}; {kept}"
+                                  + (". Free some space and run again." if full else "")) from exc
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

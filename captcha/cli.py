@@ -39,6 +39,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     counts = generate_dataset(
         args.out,
         GeneratorConfig(alphabet=args.alphabet, length=length, size=(args.height, args.width), splits=splits, styles=tuple(args.style), seed=args.seed, fonts=fonts),
+        workers=args.workers,
     )
     print(f"Wrote {sum(counts.values())} images to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
     return 0
@@ -263,6 +264,7 @@ def _add_data_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--style", nargs="+", default=["course"], choices=[*STYLES, MIX], help=f"visual styles, mixed in turn ({MIX}: a new recombination of the pre-training styles per image)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fonts", nargs="+", metavar="PATH", help=f"TrueType/OpenType files or folders the {MIX} style also writes in")
+    p.add_argument("--workers", type=int, default=1, help="processes that draw the images (default 1: this one; 0: one per core); the same files whatever the number")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("styles", help="list the generator's visual styles")

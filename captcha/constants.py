@@ -32,5 +32,18 @@ DEFAULT_DATA_DIRNAME = "captcha-generated"
 # Image file endings the dataset reader accepts.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
-# Decoding refuses images with more pixels than this (decompression bombs).
+# Decoding refuses images with more pixels than this (decompression bombs) ...
 MAX_IMAGE_PIXELS = 40_000_000
+
+# ... and images whose decoder output (pixels x channels x bytes per sample, read from the header
+# before decoding) is larger than this: every 8-bit image within the pixel limit fits, an image of
+# deeper samples or more channels fits fewer pixels.
+MAX_DECODED_BYTES = 160_000_000
+
+# Image files larger than this are refused before reading (an encoded image is smaller than its
+# decoded pixels but for metadata).
+MAX_IMAGE_FILE_BYTES = 256 * 1024 * 1024
+
+# The server's decoding threads hold at most about this much image memory at once (plus one image
+# decoded alone): see `serving.engine`.
+DECODE_BUDGET_BYTES = 256 * 1024 * 1024

@@ -8,8 +8,10 @@ at once, naming each file, before any training starts.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import io
 import os
 import sys
 from collections import Counter
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from captcha.alphabet import Alphabet
-from captcha.imageio import ImageDecodeError, decode_image, list_images
+from captcha.imageio import ImageDecodeError, decode_image, file_problem, list_images
 from captcha.preprocess import get_preprocessor
 
 SPLITS = ("train", "val", "test")
@@ -39,7 +41,7 @@ class DataError(ValueError):
     def __init__(self, problems: list[tuple[str, str]], header: str = "bad data", hint: str | None = SKIP_BAD_HINT):
         self.problems = problems
         lines = [f"{header}: {len(problems)} problem(s)"]
-        lines += [f"  {path}: {reason}" for path, reason in problems[:200]]
+        lines += [f"  {path if path.isprintable() else repr(path)}: {reason}" for path, reason in problems[:200]]
         if len(problems) > 200:
             lines.append(f"  ... and {len(problems) - 200} more")
         if hint:
@@ -61,32 +63,87 @@ def label_from_filename(path: Path) -> str:
 LABELS_CSV = "labels.csv"
 
 
+def outside_reason(folder: Path) -> str:
+    """The one reason given for every file that lies outside the data folder, whether or not
+    it exists, so the report never tells which files outside are there."""
+    return f"resolves outside {folder}: only files inside the data folder are read"
+
+
+def _lies_in(path: str | Path, real_folder: str) -> bool:
+    """Whether `path`, with its symbolic links followed, lies in the resolved `real_folder`."""
+    real = os.path.realpath(path)
+    return real == real_folder or real.startswith(real_folder.rstrip(os.sep) + os.sep)
+
+
+def image_files(folder: Path, problems: list[tuple[str, str]], root: Path | None = None, recursive: bool = False) -> list[Path]:
+    """`list_images(folder)` less every file that lies outside `root` (default `folder`) once its
+    symbolic links are followed; those, and the entries named like images that are not readable
+    files, go to `problems`, named where they were found (a folder linked out of `root`, once)."""
+    root = root or folder
+    real_root = os.path.realpath(root)
+    if not _lies_in(folder, real_root):
+        problems.append((str(folder), outside_reason(root)))
+        return []
+    listing: list[tuple[str, str]] = []
+    kept = []
+    for path in list_images(folder, recursive, problems=listing):
+        if _lies_in(path, real_root):
+            kept.append(path)
+        else:
+            problems.append((str(path), outside_reason(root)))
+    problems += [(path, reason if _lies_in(path, real_root) else outside_reason(root)) for path, reason in listing]
+    return kept
+
+
+def _escapes(name: str) -> bool:
+    """Whether a listed file name leaves its folder on its own: absolute, or climbing out with `..`."""
+    return os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == ".."
+
+
 def _read_labels_csv(csv_path: Path, problems: list[tuple[str, str]]) -> dict[str, str] | None:
     """{file name as written: label}, or None without the file. A row that is not
-    `filename,label`, and a file listed twice with different labels, go to `problems`
-    (the file is then left out). Spreadsheet exports load too: a UTF-8 byte-order mark and
-    CRLF line ends are accepted."""
-    if not csv_path.exists():
+    `filename,label`, and a file listed twice with different labels (however spelled: `a.png`
+    and `./a.png` are one file), go to `problems` (the file is then left out). Spreadsheet
+    exports load too: a UTF-8 byte-order mark, CRLF line ends, and quoted names holding commas
+    or line breaks are read."""
+    if not os.path.lexists(csv_path):
         return None
-    labels: dict[str, str] = {}
+    labels: dict[str, str] = {}  # by the name made plain (`_plain_name`)
+    written: dict[str, str] = {}  # the plain name -> its first spelling
     conflicting: set[str] = set()
-    for row_number, row in enumerate(csv.reader(_labels_text(csv_path).splitlines()), start=1):
-        if not row or not any(c.strip() for c in row) or (row_number == 1 and [c.strip().lower() for c in row[:2]] == ["filename", "label"]):
-            continue
-        if len(row) < 2:
-            problems.append((f"{csv_path}:{row_number}", "expected 'filename,label'"))
-            continue
-        name, label = row[0].strip(), row[1].strip()
-        if name in labels and labels[name] != label:
-            problems.append((str(csv_path.parent / name), f"listed twice in {csv_path.name} with different labels ({labels[name]!r} and {label!r})"))
-            conflicting.add(name)
-        labels.setdefault(name, label)
-    return {name: label for name, label in labels.items() if name not in conflicting}
+    reader = csv.reader(io.StringIO(_labels_text(csv_path), newline=""))
+    try:
+        for record, row in enumerate(reader):
+            if not row or not any(c.strip() for c in row) or (record == 0 and [c.strip().lower() for c in row[:2]] == ["filename", "label"]):
+                continue
+            if len(row) < 2:
+                problems.append((f"{csv_path}:{reader.line_num}", "expected 'filename,label'"))
+                continue
+            name, label = _plain_name(row[0].strip()), row[1].strip()
+            written.setdefault(name, row[0].strip())
+            if name in labels and labels[name] != label:
+                problems.append((str(csv_path.parent / name), f"listed twice in {csv_path.name} with different labels ({labels[name]!r} and {label!r})"))
+                conflicting.add(name)
+            labels.setdefault(name, label)
+    except csv.Error as exc:
+        raise DataError([(f"{csv_path}:{reader.line_num}", f"not CSV ({exc})")], f"unreadable {csv_path.name}", hint=None) from None
+    return {written[name]: label for name, label in labels.items() if name not in conflicting}
+
+
+def _plain_name(name: str) -> str:
+    """A listed name without `.`, `..` and doubled separators (`./a.png` -> `a.png`), as files are opened."""
+    return os.path.normpath(name) if name else name
 
 
 def _labels_text(csv_path: Path) -> str:
     """A labels file's text: UTF-8 (with or without a byte-order mark) or UTF-16 with its mark, as
-    spreadsheets save them; any other encoding is refused by name rather than guessed."""
+    spreadsheets save them; any other encoding is refused by name rather than guessed, and so is
+    a labels file that is not a readable file inside its folder."""
+    reason = file_problem(csv_path)
+    if reason is None and not _lies_in(csv_path, os.path.realpath(csv_path.parent)):
+        reason = outside_reason(csv_path.parent)
+    if reason is not None:
+        raise DataError([(str(csv_path), reason)], f"unreadable {csv_path.name}", hint=None)
     data = csv_path.read_bytes()
     try:
         if data.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -102,38 +159,52 @@ def _raise_problems(problems: list[tuple[str, str]], header: str) -> None:
         raise DataError(problems, header)
 
 
-def scan_folder(folder: str | Path, problems: list[tuple[str, str]] | None = None) -> list[Sample]:
+def scan_folder(folder: str | Path, problems: list[tuple[str, str]] | None = None, root: str | Path | None = None) -> list[Sample]:
     """All images directly in `folder`, labeled by `labels.csv` if present, else by file name.
 
-    Problems of the labels file (a malformed row, a listed file that is missing, one listed
-    twice with different labels) leave those files out and are appended to `problems`; without
+    Every file must lie inside `root` (default `folder`) with its symbolic links followed.
+    Problems (a malformed row, a listed file that is missing or lies outside, a broken link or a
+    folder named like an image) leave those files out and are appended to `problems`; without
     that list they raise one DataError naming each."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such data folder")
     found: list[tuple[str, str]] = []
-    csv_labels = _read_labels_csv(folder / LABELS_CSV, found)
-    if csv_labels is None:
-        return [Sample(p, label_from_filename(p)) for p in list_images(folder)]
-    samples = _listed_samples(folder, csv_labels, found)
+    root = Path(root) if root is not None else folder
+    if not _lies_in(folder, os.path.realpath(root)):
+        found.append((str(folder), outside_reason(root)))
+        samples: list[Sample] = []
+    else:
+        csv_labels = _read_labels_csv(folder / LABELS_CSV, found)
+        if csv_labels is None:
+            samples = [Sample(p, label_from_filename(p)) for p in image_files(folder, found)]
+        else:
+            samples = _listed_samples(folder, csv_labels, found)
     if problems is None:
-        _raise_problems(found, f"bad {folder / LABELS_CSV}")
+        _raise_problems(found, f"bad data in {folder}")
     else:
         problems += found
     return samples
 
 
 def _listed_samples(folder: Path, csv_labels: dict[str, str], problems: list[tuple[str, str]]) -> list[Sample]:
-    """The listed files that exist, each with its label; the missing ones go to `problems`. Images
-    in `folder` that the labels file does not list are left out, and a note on stderr says so."""
+    """The listed files that are readable files inside `folder`, each with its label; the others
+    go to `problems`. Images in `folder` that the labels file does not list are left out, and a
+    note on stderr says so."""
     samples = []
+    real_folder = os.path.realpath(folder)
     for name, label in csv_labels.items():
-        if (folder / name).is_file():
-            samples.append(Sample(folder / name, label))
+        path = folder / _plain_name(name)
+        if "\0" in name:
+            problems.append((str(folder / name), f"listed in {LABELS_CSV} but not a file name (it holds a NUL character)"))
+        elif _escapes(name) or not _lies_in(path, real_folder):  # checked before the file is looked at
+            problems.append((str(folder / name), f"listed in {LABELS_CSV} but {outside_reason(folder)}"))
+        elif (reason := file_problem(path)) is not None:
+            problems.append((str(path), f"listed in {LABELS_CSV} but {reason}"))
         else:
-            problems.append((str(folder / name), f"listed in {LABELS_CSV} but missing"))
-    listed = {s.path.resolve() for s in samples}
-    unlisted = [p.name for p in list_images(folder) if p.resolve() not in listed] if folder.is_dir() else []
+            samples.append(Sample(path, label))
+    listed = {_plain_name(name) for name in csv_labels}
+    unlisted = [p.name for p in list_images(folder) if p.name not in listed] if folder.is_dir() else []
     if unlisted:
         shown = ", ".join(unlisted[:3]) + (", ..." if len(unlisted) > 3 else "")
         print(f"note: {len(unlisted)} image(s) in {folder} not listed in its {LABELS_CSV} are left out ({shown})", file=sys.stderr)
@@ -175,25 +246,38 @@ def load_splits(folder: str | Path, seed: int = 0, problems: list[tuple[str, str
     top_labels = _read_labels_csv(folder / LABELS_CSV, found)
     splits: dict[str, list[Sample]] = {}
     if top_labels is None:
-        splits = {s: scan_folder(folder / s, found) if (folder / s).is_dir() else [] for s in SPLITS}
+        splits = {s: scan_folder(folder / s, found, root=folder) if (folder / s).is_dir() else [] for s in SPLITS}
     else:
-        own = [s for s in SPLITS if (folder / s / LABELS_CSV).exists()]
+        own = [s for s in SPLITS if os.path.lexists(folder / s / LABELS_CSV)]
         if own:
             raise DataError([(str(folder / s / LABELS_CSV), f"{folder / LABELS_CSV} labels the split folders too: keep one of the two") for s in own],
                             f"two label files in {folder}", hint=None)
-        by_split: dict[str, dict[str, str]] = {s: {} for s in SPLITS}
-        for name, label in top_labels.items():
-            split, _, rest = name.replace("\\", "/").partition("/")
-            if split in by_split and rest:
-                by_split[split][rest] = label
-            else:
-                found.append((str(folder / name), f"listed in {folder / LABELS_CSV} outside train/, val/ and test/"))
-        splits = {s: _listed_samples(folder / s, by_split[s], found) for s in SPLITS}
+        splits = _top_labelled_splits(folder, top_labels, found)
     if problems is None:
         _raise_problems(found, f"bad labels in {folder}")
     else:
         problems += found
     return splits
+
+
+def _top_labelled_splits(folder: Path, top_labels: dict[str, str], problems: list[tuple[str, str]]) -> dict[str, list[Sample]]:
+    """The samples of each split that the labels file at the top of `folder` lists (`train/0001.png`);
+    entries outside the split folders, and split folders linked out of `folder`, go to `problems`."""
+    by_split: dict[str, dict[str, str]] = {s: {} for s in SPLITS}
+    for name, label in top_labels.items():
+        split, _, rest = _plain_name(name).replace("\\", "/").partition("/")
+        if _escapes(name):
+            problems.append((str(folder / name), f"listed in {LABELS_CSV} but {outside_reason(folder)}"))
+        elif split in by_split and rest:
+            by_split[split][rest] = label
+        else:
+            problems.append((str(folder / name), f"listed in {folder / LABELS_CSV} outside train/, val/ and test/"))
+    real_root = os.path.realpath(folder)
+    for s in SPLITS:
+        if by_split[s] and not _lies_in(folder / s, real_root):  # a split folder linked elsewhere
+            problems.append((str(folder / s), outside_reason(folder)))
+            by_split[s] = {}
+    return {s: _listed_samples(folder / s, by_split[s], problems) for s in SPLITS}
 
 
 def check_labels(samples: list[Sample], alphabet: Alphabet, length: int | None) -> list[tuple[str, str]]:
@@ -321,13 +405,20 @@ def _read_files(paths: list[Path]) -> tuple[list[bytes], list[tuple[str, str]]]:
 
 
 def _write_cache(cache_file: Path, images: np.ndarray, results: list[np.ndarray | str]) -> None:
-    """The decoded images, and which files did not decode and why, written atomically."""
+    """Save the decoded images, and which files did not decode and why, atomically; a cache that
+    cannot be written (a full disk, a read-only folder) is only a note on stderr, with no partial
+    file left behind."""
     kept = np.array([not isinstance(r, str) for r in results], bool)
     reasons = np.array([r if isinstance(r, str) else "" for r in results], str)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")  # one per process: ranks may race
-    np.savez(tmp, images=images, kept=kept, reasons=reasons)
-    os.replace(tmp, cache_file)
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, images=images, kept=kept, reasons=reasons)
+        os.replace(tmp, cache_file)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        print(f"note: could not write the decoded-image cache {cache_file} ({exc.strerror or exc}); continuing without it", file=sys.stderr)
 
 
 def _cached_images(cache_file: Path, samples: list[Sample], problems: list[tuple[str, str]]) -> EncodedImages:

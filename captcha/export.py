@@ -257,39 +257,14 @@ def export_onnx(
     return ExportResult(out_path, count, diff, agree, [int(x) for x in output_shape])
 
 
-def triton_config(name: str, meta: dict[str, Any], output_shape: list[int], max_batch_size: int = 64) -> str:
-    """A Triton `config.pbtxt` for the raw-tensor ONNX model, with dynamic batching."""
-    h, w = meta["input_size"]
-    dims_in = f"[ {int(meta['channels'])}, {int(h)}, {int(w)} ]"
-    dims_out = "[ " + ", ".join(str(d) for d in output_shape) + " ]"
-    return (
-        f'name: "{name}"\n'
-        'platform: "onnxruntime_onnx"\n'
-        f"max_batch_size: {max_batch_size}\n"
-        f'input [\n  {{\n    name: "{INPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: {dims_in}\n  }}\n]\n'
-        f'output [\n  {{\n    name: "{OUTPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: {dims_out}\n  }}\n]\n'
-        "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
-        "instance_group [\n  {\n    kind: KIND_AUTO\n    count: 1\n  }\n]\n"
-    )
-
-
-def export_triton(run: str | Path, repo: str | Path, name: str = "captcha", **kwargs: Any) -> Path:
-    """Write a Triton model repository entry: `repo/NAME/1/model.onnx` + `repo/NAME/config.pbtxt`."""
-    from captcha.checkpoint import load_checkpoint
-
-    model_dir = Path(repo) / name
-    result = export_onnx(run, model_dir / "1" / "model.onnx", **kwargs)
-    meta = load_checkpoint(run)["meta"]
-    (model_dir / "config.pbtxt").write_text(triton_config(name, meta, result.output_shape))
-    return model_dir
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
     count = 0 if args.no_verify else args.verify_images
     if args.format == "triton":
-        repo = Path(args.out or "model_repository")
-        model_dir = export_triton(args.run, repo, args.name, verify_images=count, opset=args.opset, tta=args.tta)
-        print(f"Wrote Triton model {model_dir} (1/model.onnx, config.pbtxt)")
+        from captcha.export_triton import export_triton
+
+        written = export_triton(args.run, Path(args.out or "model_repository"), args.name, verify_images=count, opset=args.opset, tta=args.tta)
+        print(f"Wrote the Triton ensemble {written.ensemble} (BYTES \"image\" in; \"text\", \"confidence\", \"char_confidences\" out) "
+              f"and its models {', '.join(p.name for p in written.models[1:])} (docs/triton.md)")
         return 0
     result = export_onnx(args.run, args.out, verify_images=count, opset=args.opset, tta=args.tta)
     print(f"Wrote {result.path} (input {INPUT_NAME!r} float32 [B, ...], output {OUTPUT_NAME!r} {['B', *result.output_shape]})")
@@ -303,8 +278,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export a trained run to ONNX (or a Triton model repository)")
     p.add_argument("run", help="run directory or checkpoint")
     p.add_argument("--out", help="output .onnx file (default RUN_DIR/model.onnx); with --format triton, the repository folder (default model_repository)")
-    p.add_argument("--format", choices=FORMATS, default="onnx")
-    p.add_argument("--name", default="captcha", help="model name in the Triton repository")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx: one .onnx file; triton: a Triton model repository "
+                   "whose ensemble takes encoded image bytes and returns text and confidences (docs/triton.md)")
+    p.add_argument("--name", default="captcha", help="with --format triton, the ensemble's model name (its models are NAME_preprocess, NAME_onnx, NAME_postprocess)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--verify-images", type=int, default=32, help="images to check ONNX Runtime against torch on")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs torch check")

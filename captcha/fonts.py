@@ -8,9 +8,10 @@ same kind of mask the Hershey path draws, so everything after it (rotation, shea
 placement, noise) is shared.
 
 A font is refused when it cannot draw a symbol (it falls back to its 'missing glyph' box), when it
-draws several symbols the same, or when its name says it is a symbol, dingbat, maths or Hershey
-face: symbol fonts map letters to pictures, and a Hershey-derived outline would leak a held-out
-evaluation font into pre-training.
+draws several symbols the same, when it draws ink for a space (its letters are light on a dark
+box), or when its name says it is a symbol, dingbat, maths or Hershey face: symbol fonts map
+letters to pictures, and a Hershey-derived outline would leak a held-out evaluation font into
+pre-training.
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ import numpy as np
 FONT_SUFFIXES = (".ttf", ".otf")
 # File-name parts of faces that do not draw letters, or that would leak a held-out (Hershey) font,
 # and of the Debian faces seen to draw small capitals or pictures for lower case (BecauseWe*, Humor
-# Sans, dkg handwriting, Linux Biolinum Keyboard): their letters would contradict their labels.
+# Sans, dkg handwriting, Linux Biolinum Keyboard, Dustin's It wasn't me): their letters would
+# contradict their labels.
 REFUSED_NAME_PARTS = (
     "symbol", "dingbat", "d050000l", "math", "emoji", "awesome", "ornament", "hershey", "wingding",
-    "becausewe", "humor-sans", "dkg", "linbiolinum_k",
+    "becausewe", "humor-sans", "dkg", "linbiolinum_k", "it_wasn_t_me",
 )
 PER_FAMILY = 4  # at most this many files of one family, so a family of 18 weights counts like one of 4
 PER_SUPERFAMILY = 8  # at most this many of families sharing a first word (Tiresias Infofont, Tiresias LPfont, ...)
 _REFERENCE_PX = 64
 _MISSING = "\u0378"  # an unassigned code point: every font draws its missing-glyph box for it
+THINNED_INK_KEPT = 0.9  # thinning stops where growing the strokes back restores less of the ink
 
 
 def is_font_path(value: object) -> bool:
@@ -69,11 +72,33 @@ def cap_height_ratio(path: str) -> float:
     return max(_mask(path, _REFERENCE_PX, "H").shape[0], 1) / _REFERENCE_PX
 
 
+def thin_strokes(mask: np.ndarray, px: int) -> np.ndarray:
+    """`mask` with `px` pixels eroded from every edge of its strokes, or fewer where more would
+    erase a part of the glyph (an arm, a serif, a hairline face's every stroke): thinning stops
+    when growing the strokes back by as much no longer restores `THINNED_INK_KEPT` of the ink."""
+    import cv2
+
+    kernel = np.ones((3, 3), np.uint8)
+    ink = int(np.count_nonzero(mask > 127))
+    thinned = mask
+    for k in range(1, px + 1):
+        thinner = cv2.erode(mask, kernel, iterations=k, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        restored = cv2.dilate(thinner, kernel, iterations=k)
+        if np.count_nonzero(restored > 127) < THINNED_INK_KEPT * ink:
+            break
+        thinned = thinner
+    return thinned
+
+
 def render_glyph(path: str, ch: str, cap_height: float, stroke: int = 0) -> np.ndarray:
     """`ch` drawn so that the font's capital H would be `cap_height` pixels tall, on a square
-    canvas with room to rotate; uint8 coverage (0-255), like `cv2.putText` on a black canvas."""
+    canvas with room to rotate; uint8 coverage (0-255), like `cv2.putText` on a black canvas.
+    `stroke` pixels are added to every edge of the strokes (faux bold), or taken from them when
+    negative (`thin_strokes`)."""
     px = max(4, round(cap_height / cap_height_ratio(path)))
-    ink = _mask(path, px, ch, stroke)
+    ink = _mask(path, px, ch, max(stroke, 0))
+    if stroke < 0 and ink.size:
+        ink = thin_strokes(ink, -stroke)
     if ink.size == 0:
         return np.zeros((1, 1), np.uint8)
     h, w = ink.shape
@@ -91,6 +116,8 @@ def unusable_reason(path: str, symbols: str) -> str | None:
     if refused:
         return f"its name says {refused!r}"
     try:
+        if _mask(path, _REFERENCE_PX, " ").size:
+            return "it draws ink for a space (light letters on a dark box)"
         missing = _mask(path, _REFERENCE_PX, _MISSING)
         drawn = {}
         for ch in symbols:

@@ -18,7 +18,7 @@ from captcha.alphabet import Alphabet
 from captcha.checkpoint import load_model
 from captcha.data import LAYOUT_HINT, SPLITS, DataError, Sample, check_labels, has_split_folders, load_images, load_splits, scan_folder
 from captcha.decoding import Prediction, decode, label_smoothing_of
-from captcha.imageio import decode_image
+from captcha.imageio import decode_image, read_image_file
 from captcha.metrics import confused_pairs, per_char_accuracy, sequence_accuracy
 from captcha.preprocess import get_preprocessor
 from captcha.runtime import encode_labels, loss_fn, predict_logits, resolve_device
@@ -52,7 +52,7 @@ class Predictor:
         return decode(logits, labels, self.meta.get("head", "fixed"), label_smoothing_of(self.meta))
 
     def predict_paths(self, paths: list[str | Path]) -> list[Prediction]:
-        images = np.stack([self.preprocess_bytes(Path(p).read_bytes(), str(p)) for p in paths])
+        images = np.stack([self.preprocess_bytes(read_image_file(p), str(p)) for p in paths])
         return self.decode(self.logits(images))
 
 

@@ -128,10 +128,9 @@ def _resume_point(task: Task, last_path: Path, log: Log) -> tuple[Task, dict | N
     """With `--resume` and a last.pt: the task rebuilt from the settings it saved, and its state."""
     if not task.options.resume:
         return task, None
-    if not last_path.exists():
-        if dist.is_main():
-            log(f"No {last_path} to resume from; starting a new run")
-        return task, None
+    if not last_path.exists():  # a typo in --out, or a run cut short before its first epoch ended
+        raise FileNotFoundError(f"--resume: no {last_path} to continue (a run writes it at the end of each epoch); "
+                                "check --out, or start the run without --resume")
     saved = ckpt.read_checkpoint_file(last_path)
     task, ignored = task.resumed(saved["config"])
     if dist.is_main():

@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -45,7 +44,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_client(args: argparse.Namespace) -> int:
     import grpc
 
-    from captcha.imageio import expand_image_paths
+    from captcha.imageio import ImageDecodeError, expand_image_paths, read_image_file
     from serving.client import RecognizerClient, open_channel, response_dict
 
     status = 0
@@ -53,15 +52,10 @@ def _cmd_client(args: argparse.Namespace) -> int:
     paths, payloads = [], []
     limit = int(args.max_message_mb * 1024 * 1024) - 1024  # room for the message's other fields
     for path in expand_image_paths(args.images):
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            print(f"error: {path}: cannot read file ({exc.strerror})", file=sys.stderr)
-            status = 1
-            continue
-        if len(data) > limit:  # sent, it would end the whole stream with RESOURCE_EXHAUSTED
-            print(f"error: {path}: {len(data) / 2**20:.1f} MB, over the {args.max_message_mb:g} MB a request may carry "
-                  "(--max-message-mb, here and on the server)", file=sys.stderr)
+        try:  # a file over the limit, sent, would end the whole stream with RESOURCE_EXHAUSTED
+            data = read_image_file(path, limit, "--max-message-mb, here and on the server")
+        except ImageDecodeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             status = 1
             continue
         payloads.append(data)

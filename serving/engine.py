@@ -6,6 +6,12 @@ worker threads (OpenCV releases the GIL, so they use every core) or, with `proce
 processes. The model runs in each model's `DynamicBatcher`. Failures become
 `RpcAbort(code, message)`, which the servicers turn into gRPC statuses (or per-item errors in
 batch and stream calls).
+
+Decoding memory is bounded per server process whatever `--workers` is: each of the W worker
+threads (and P worker processes) takes only images whose decode peaks, by their header, under
+`DECODE_BUDGET_BYTES / (W + P)`, and larger ones are decoded one at a time in one more thread, so
+decodes hold at most about `DECODE_BUDGET_BYTES` plus one large image, and large images never
+hold up the workers.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from captcha import constants
 from captcha.decoding import Prediction
-from captcha.imageio import ImageDecodeError, header_pixels
+from captcha.imageio import ImageDecodeError, read_header
 from serving.batcher import BatcherClosedError, DynamicBatcher, QueueFullError
 from serving.metrics import Metrics
 from serving.model import ServedModel
@@ -29,17 +36,36 @@ from serving.model import ServedModel
 # 35 KB PNG can hold 36M pixels of one colour: decoded inline it would stall every other call).
 INLINE_MAX_BYTES = 64 * 1024
 INLINE_MAX_PIXELS = 250_000
+INLINE_MAX_DECODED_BYTES = 4 * INLINE_MAX_PIXELS  # as many 8-bit BGRA pixels
+
+ECHO_MAX_CHARS = 100  # of a name, id or other text from a request that an error message repeats
+MESSAGE_MAX_CHARS = 1000  # of any status message (its details travel in a size-limited header)
 
 
 def decodes_inline(data: bytes) -> bool:
     """Whether one image is cheap enough to decode on the event loop (small encoded and decoded)."""
-    return len(data) <= INLINE_MAX_BYTES and (header_pixels(data) or INLINE_MAX_PIXELS + 1) <= INLINE_MAX_PIXELS
+    if len(data) > INLINE_MAX_BYTES:
+        return False
+    header = read_header(data)
+    return header is not None and header.pixels <= INLINE_MAX_PIXELS and header.decoded_bytes <= INLINE_MAX_DECODED_BYTES
+
+
+def echo(value: object, limit: int = ECHO_MAX_CHARS) -> str:
+    """A value from a request (a name, an id, a shape), as an error message repeats it: a string
+    quoted, anything else as printed; cut to `limit` characters with an ellipsis and its length."""
+    text = value if isinstance(value, str) else str(value)
+    show = repr if isinstance(value, str) else str
+    if len(text) <= limit:
+        return show(text)
+    return f"{show(text[:limit])}... ({len(text):,} characters)"
 
 
 class RpcAbort(Exception):
-    """A gRPC status to answer with."""
+    """A gRPC status to answer with; the message is cut to `MESSAGE_MAX_CHARS`."""
 
     def __init__(self, code: grpc.StatusCode, message: str):
+        if len(message) > MESSAGE_MAX_CHARS:
+            message = message[: MESSAGE_MAX_CHARS - 3] + "..."
         super().__init__(message)
         self.code = code
         self.message = message
@@ -54,7 +80,8 @@ class Entry:
 class Engine:
     """Served models by name plus the preprocessing pools."""
 
-    def __init__(self, metrics: Metrics, workers: int, max_batch: int, max_delay_s: float, max_queue: int, processes: int = 0):
+    def __init__(self, metrics: Metrics, workers: int, max_batch: int, max_delay_s: float, max_queue: int, processes: int = 0,
+                 decode_budget_bytes: int | None = None):
         self.metrics = metrics
         self.workers = max(1, workers)
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="preprocess")
@@ -63,6 +90,9 @@ class Engine:
         # Started with "spawn" (never fork a process that runs gRPC threads).
         self.processes = max(0, processes)
         self.procs = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) if processes > 0 else None
+        budget = decode_budget_bytes or constants.DECODE_BUDGET_BYTES
+        self.worker_peak_bytes = budget // (self.workers + self.processes)  # larger images go to `large_images`
+        self.large_images = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-large")
         self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
         self.entries: dict[str, Entry] = {}
         self.default: str | None = None
@@ -84,8 +114,15 @@ class Engine:
             raise RpcAbort(grpc.StatusCode.UNAVAILABLE, "models are still loading")
         entry = self.entries.get(name or self.default or "")
         if entry is None:
-            raise RpcAbort(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; served: {', '.join(self.entries)}")
+            raise RpcAbort(grpc.StatusCode.NOT_FOUND, f"unknown model {echo(name)}; served: {', '.join(self.entries)}")
         return entry
+
+    def check_call_size(self, count: int) -> None:
+        """Refuse a call of more images than could ever be queued whole, even on an idle server
+        (checked before its images are read)."""
+        if count > self.max_queue:
+            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"{count} images in one call; the server queues at most "
+                           f"{self.max_queue} per model (--max-queue): send them in smaller calls")
 
     def _enqueue(self, entry: Entry, tensor: np.ndarray) -> asyncio.Future:
         try:
@@ -116,20 +153,11 @@ class Engine:
         """
         if not images:
             return []
-        if len(images) > self.max_queue:  # could never be queued whole, even on an idle server
-            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"{len(images)} images in one call; the server queues at most "
-                           f"{self.max_queue} per model (--max-queue): send them in smaller calls")
+        self.check_call_size(len(images))
         spec = entry.model.spec
         args = (spec.preprocess, tuple(spec.input_size), spec.mean, spec.std)
-        loop = asyncio.get_running_loop()
         try:
-            if self.procs is not None and len(images) > 1:
-                results = await loop.run_in_executor(self.procs, _preprocess_many, *args, images, sources)
-            else:  # contiguous chunks, one per worker thread
-                size = -(-len(images) // min(self.workers, len(images)))
-                chunks = [(images[i : i + size], sources[i : i + size]) for i in range(0, len(images), size)]
-                parts = await asyncio.gather(*(loop.run_in_executor(self.pool, _preprocess_many, *args, imgs, srcs) for imgs, srcs in chunks))
-                results = [r for part in parts for r in part]
+            results = await self._preprocess(args, images, sources)
         except RuntimeError as exc:  # a pool shutting down, or a dead worker process
             abort = RpcAbort(grpc.StatusCode.UNAVAILABLE if "shutdown" in str(exc) else grpc.StatusCode.INTERNAL, f"preprocessing failed: {exc}")
             return [abort] * len(images)
@@ -144,10 +172,29 @@ class Engine:
                 staged.append(exc)
         return staged
 
+    async def _preprocess(self, args: tuple, images: list[bytes], sources: list[str]) -> list:
+        """(tensor, None) or (None, reason) per image: in the worker pool, then the images too large
+        for a worker (by their header) one at a time in the `large_images` thread."""
+        loop = asyncio.get_running_loop()
+        if self.procs is not None and len(images) > 1:
+            results = await loop.run_in_executor(self.procs, _preprocess_many, *args, images, sources, self.worker_peak_bytes)
+        else:  # contiguous chunks, one per worker thread
+            size = -(-len(images) // min(self.workers, len(images)))
+            chunks = [(images[i : i + size], sources[i : i + size]) for i in range(0, len(images), size)]
+            parts = await asyncio.gather(*(loop.run_in_executor(self.pool, _preprocess_many, *args, imgs, srcs, self.worker_peak_bytes)
+                                           for imgs, srcs in chunks))
+            results = [r for part in parts for r in part]
+        deferred = [i for i, (tensor, error) in enumerate(results) if tensor is None and error is None]
+        large = await asyncio.gather(*(loop.run_in_executor(self.large_images, _preprocess_many, *args, [images[i]], [sources[i]], None)
+                                       for i in deferred))
+        for i, (result,) in zip(deferred, large):
+            results[i] = result
+        return results
+
     def warm_up_processes(self) -> None:
         """Start every worker process now, not on the first request."""
         if self.procs is not None:
-            list(self.procs.map(_preprocess_many, *zip(*[("gray", (8, 8), 0.0, 1.0, [], [])] * (2 * self.processes))))
+            list(self.procs.map(_preprocess_many, *zip(*[("gray", (8, 8), 0.0, 1.0, [], [], None)] * (2 * self.processes))))
 
     async def logits(self, staged: asyncio.Future) -> np.ndarray:
         """Wait for one image's logits row. A cancelled call (client gone, deadline passed)
@@ -169,6 +216,7 @@ class Engine:
         for entry in self.entries.values():
             await entry.batcher.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.large_images.shutdown(wait=False, cancel_futures=True)
         if self.procs is not None:
             self.procs.shutdown(wait=False, cancel_futures=True)
 
@@ -180,17 +228,23 @@ def cancel_staged(items) -> None:
             item.cancel()
 
 
-def _preprocess_many(name: str, size: tuple[int, int], mean: float, std: float, images: list[bytes], sources: list[str]) -> list:
+def _preprocess_many(name: str, size: tuple[int, int], mean: float, std: float, images: list[bytes], sources: list[str],
+                     max_peak_bytes: int | None) -> list:
     """Pool task (thread or process): decode + preprocess + normalise each image with the very
-    functions `captcha predict` uses; (tensor, None) or (None, reason) each."""
+    functions `captcha predict` uses; (tensor, None) or (None, reason) each, or (None, None) for an
+    image whose decode would peak over `max_peak_bytes` by its header (left to the caller)."""
     from captcha.imageio import decode_image
     from captcha.preprocess import get_preprocessor, normalize
 
     pre = get_preprocessor(name)
     out: list = []
     for data, source in zip(images, sources):
+        header = read_header(data) if data else None
+        if max_peak_bytes is not None and header is not None and header.peak_bytes > max_peak_bytes:
+            out.append((None, None))
+            continue
         try:
-            out.append((normalize(pre(decode_image(data, source), size), mean, std), None))
+            out.append((normalize(pre(decode_image(data, source, header), size), mean, std), None))
         except ImageDecodeError as exc:
             out.append((None, str(exc)))
     return out

@@ -1,5 +1,9 @@
 """Exit 0 when a gRPC server reports SERVING on grpc.health.v1 (Docker HEALTHCHECK, scripts).
 
+It prints SERVING, the status the server gave instead (NOT_SERVING, ...), or what failed before
+an answer: "cannot connect to ADDRESS: ...", "TLS handshake with ADDRESS failed: ...", "no answer
+from ADDRESS within N s"; every outcome but SERVING exits 1.
+
 `python -m serving.health_probe [--address 127.0.0.1:50051] [--tls | --tls-ca CA.pem] [--tls-name NAME] [--timeout 3]`
 
 In a container the TLS settings can come from the environment, so the image's one HEALTHCHECK
@@ -19,14 +23,37 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-def check(address: str, tls: bool = False, timeout: float = 3.0, service: str = "", tls_ca: str | None = None,
-          tls_name: str | None = None) -> bool:
-    """True when `address` answers SERVING for `service` ("" = the whole server).
+# Words in gRPC's reason for a failed TLS connection (handshake, certificate or host name check).
+_TLS_WORDS = ("ssl", "tls", "handshake", "certificate", "verification")
+
+
+def _failure(address: str, error: grpc.RpcError, timeout: float, service: str, tls: bool) -> str:
+    """What went wrong, in words, when the health call got no answer."""
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer from {address} within {timeout:g} s"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if any(word in details.lower() for word in _TLS_WORDS):
+            return f"TLS handshake with {address} failed: {details}"
+        hint = " (a TLS server closes plaintext connections: add --tls or --tls-ca)" if not tls and "socket closed" in details.lower() else ""
+        return f"cannot connect to {address}: {details}{hint}"
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return f"{address} has no grpc.health.v1 service"
+    if code == grpc.StatusCode.NOT_FOUND:
+        return f"{address} reports no health for service {service!r}"
+    return f"health check of {address} failed: {code.name}: {details}"
+
+
+def probe(address: str, tls: bool = False, timeout: float = 3.0, service: str = "", tls_ca: str | None = None,
+          tls_name: str | None = None) -> tuple[bool, str]:
+    """(True, "SERVING") when `address` answers SERVING for `service` ("" = the whole server);
+    else False and the status it answered, or what failed before an answer.
 
     `tls` trusts the system roots; `tls_ca` (implies TLS) trusts that PEM CA, e.g. a self-signed cert;
     `tls_name` (implies TLS) is the host name to check the certificate against instead of `address`'s.
     """
-    if tls or tls_ca or tls_name:
+    tls = bool(tls or tls_ca or tls_name)
+    if tls:
         creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes() if tls_ca else None)
         options = [("grpc.ssl_target_name_override", tls_name)] if tls_name else []
         channel = grpc.secure_channel(address, creds, options=options)
@@ -35,9 +62,16 @@ def check(address: str, tls: bool = False, timeout: float = 3.0, service: str = 
     with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError as exc:
+            return False, _failure(address, exc, timeout, service, tls)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return reply.status == health_pb2.HealthCheckResponse.SERVING, status
+
+
+def check(address: str, tls: bool = False, timeout: float = 3.0, service: str = "", tls_ca: str | None = None,
+          tls_name: str | None = None) -> bool:
+    """True when `address` answers SERVING for `service` (see `probe`)."""
+    return probe(address, tls, timeout, service, tls_ca, tls_name)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tls_ca and not Path(args.tls_ca).is_file():
         parser.error(f"--tls-ca {args.tls_ca}: no such file")
-    ok = check(args.address, args.tls, args.timeout, tls_ca=args.tls_ca, tls_name=args.tls_name)
-    print("SERVING" if ok else "NOT SERVING")
+    ok, outcome = probe(args.address, args.tls, args.timeout, tls_ca=args.tls_ca, tls_name=args.tls_name)
+    print(outcome)
     return 0 if ok else 1
 
 

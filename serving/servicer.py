@@ -4,7 +4,8 @@ Every handler is a coroutine on the server's event loop. Each is wrapped so that
 request count, status code and latency, and turns an `RpcAbort` into the gRPC status. When a call
 is cancelled or its deadline passes, gRPC cancels the handler; the wrapper records that as
 CANCELLED or DEADLINE_EXCEEDED, and the images the call still had queued are dropped. Batch and
-stream calls report a bad image in that item's `error` field and carry on with the rest.
+stream calls report a bad image in that item's `error` field and carry on with the rest. The
+status codes each call can end with are listed in docs/serving-errors.md.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import struct
 import time
 from collections.abc import Callable
@@ -25,7 +25,7 @@ from serving._proto.captcha.v1 import recognizer_pb2 as pb
 from serving._proto.captcha.v1 import recognizer_pb2_grpc as pb_grpc
 from serving._proto.inference import grpc_service_pb2 as kpb
 from serving._proto.inference import grpc_service_pb2_grpc as kpb_grpc
-from serving.engine import Engine, Entry, RpcAbort, cancel_staged
+from serving.engine import MESSAGE_MAX_CHARS, Engine, Entry, RpcAbort, cancel_staged, echo
 
 log = logging.getLogger("captcha.serving")
 
@@ -33,7 +33,12 @@ _STREAM_WINDOW = 64  # images one stream may have in flight before reading more 
 # A call cancelled this close to its deadline was ended by the deadline (the client's timer fires
 # a moment before the server's own).
 _DEADLINE_SLACK_S = 0.05
+# A client that goes away mid-stream ends its request stream too, and gRPC cancels the call a
+# moment later: a stream whose requests end waits this long before answering OK, so that the call
+# is counted CANCELLED, not OK.
+_STREAM_END_SETTLE_S = 0.05
 INFER_INPUT = "image"  # the one KServe v2 input: BYTES, one encoded image per element
+INFER_OUTPUTS = ("text", "confidence")
 
 
 def _observe(engine: Engine, method: str, code: grpc.StatusCode, started: float) -> None:
@@ -45,6 +50,15 @@ def _ended_code(context) -> grpc.StatusCode:
     """Why gRPC cancelled a handler: its deadline passed, or the client went away."""
     remaining = context.time_remaining()
     return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= _DEADLINE_SLACK_S else grpc.StatusCode.CANCELLED
+
+
+async def _settle_stream_end(context) -> None:
+    """Wait `_STREAM_END_SETTLE_S` (less when the deadline is nearer) after a stream's requests
+    ended: if its client went away, gRPC cancels the call meanwhile."""
+    remaining = context.time_remaining()
+    wait = _STREAM_END_SETTLE_S if remaining is None else min(_STREAM_END_SETTLE_S, remaining - 2 * _DEADLINE_SLACK_S)
+    if wait > 0:
+        await asyncio.sleep(wait)
 
 
 def _rpc(method: str) -> Callable:
@@ -65,7 +79,7 @@ def _rpc(method: str) -> Callable:
             except Exception as exc:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("%s failed", method)
-                await context.abort(code, f"internal error: {exc!r}")
+                await context.abort(code, f"internal error: {exc!r}"[:MESSAGE_MAX_CHARS])
             finally:
                 _observe(self.engine, method, code, started)
 
@@ -112,6 +126,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
     @_rpc("RecognizeBatch")
     async def RecognizeBatch(self, request, context):  # noqa: N802
         entry = self.engine.get(request.model)
+        self.engine.check_call_size(len(request.images))
         images = list(request.images)
         staged = await self.engine.stage_many(entry, images, [f"images[{i}]" for i in range(len(images))])
         try:
@@ -130,6 +145,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             while True:
                 item = await pending.get()
                 if item is None:
+                    await _settle_stream_end(context)
                     break
                 if isinstance(item, Exception):  # a message that is not a RecognizeRequest: say so, not OK
                     raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"unreadable stream message: {type(item).__name__}: {item}")
@@ -147,7 +163,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             async for request in request_iterator:
                 try:
                     entry = self.engine.get(request.model)
-                    staged = await self.engine.stage(entry, request.image, f"stream item {request.id or ''}".strip())
+                    staged = await self.engine.stage(entry, request.image, f"stream item {echo(request.id)}" if request.id else "stream item")
                 except RpcAbort as exc:
                     entry, staged = self.engine.entries.get(request.model or self.engine.default or ""), exc
                 await pending.put((request.id, entry, staged))
@@ -195,21 +211,75 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         return pb.ListModelsResponse(models=[self._info(e) for e in self.engine.entries.values()])
 
 
-def _bytes_elements(tensor, raw: bytes | None) -> list[bytes]:
-    """A BYTES tensor's elements: from `contents.bytes_contents`, or raw 4-byte-length-prefixed."""
-    if raw is None:
-        return list(tensor.contents.bytes_contents)
+def _invalid(message: str) -> RpcAbort:
+    return RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _infer_image_count(request, engine: Engine) -> int:
+    """How many images a ModelInfer request carries, from its input tensor's metadata alone, checked
+    as Triton checks it (one BYTES input, shape [N] or [N, 1], data in `contents` or in one
+    `raw_input_contents` entry, never both) before any of its data is read."""
+    if len(request.inputs) != 1:
+        raise _invalid(f"expected one input tensor ({INFER_INPUT!r}, BYTES), got {len(request.inputs)}")
+    tensor = request.inputs[0]
+    if tensor.name not in ("", INFER_INPUT):
+        raise _invalid(f"unknown input {echo(tensor.name)}; this model takes {INFER_INPUT!r}")
+    if tensor.datatype != "BYTES":
+        raise _invalid(f"input {INFER_INPUT!r} is BYTES (encoded images), not {echo(tensor.datatype)}")
+    shape = list(tensor.shape) if len(tensor.shape) <= 2 else [*tensor.shape[:3], "..."]
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or min(shape, default=-1) < 0:
+        raise _invalid(f"input shape {echo(shape)} is not [N] or [N, 1] for N images (as Triton: every dimension given, none -1)")
+    count = shape[0]
+    if count == 0:
+        raise _invalid("no images in the input tensor")
+    engine.check_call_size(count)
+    given = [f.name for f, _ in tensor.contents.ListFields()]
+    if request.raw_input_contents:
+        if given:
+            raise _invalid("contents must not be given when raw_input_contents is used")
+        if len(request.raw_input_contents) != len(request.inputs):
+            raise _invalid(f"{len(request.raw_input_contents)} raw_input_contents entries for {len(request.inputs)} input tensor")
+    elif not given:
+        raise _invalid(f"input {INFER_INPUT!r} has no data: give its images in bytes_contents or raw_input_contents")
+    elif given != ["bytes_contents"]:
+        raise _invalid(f"input {INFER_INPUT!r} takes its images in bytes_contents or raw_input_contents, not {', '.join(given)}")
+    elif len(tensor.contents.bytes_contents) != count:
+        raise _invalid(f"input shape {shape} does not match its {len(tensor.contents.bytes_contents)} element(s)")
+    return count
+
+
+def _split_raw_bytes(raw: bytes, count: int) -> list[bytes]:
+    """A raw BYTES tensor's `count` elements, each 4-byte little-endian length-prefixed; reads no
+    further than `count` + 1 elements, so a tensor of a million empty elements costs no more."""
     out, offset = [], 0
     while offset < len(raw):
+        if len(out) == count:
+            raise _invalid(f"raw_input_contents holds more than the {count} element(s) of the input shape")
         if offset + 4 > len(raw):
-            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "malformed BYTES raw_input_contents")
+            raise _invalid(f"raw_input_contents: element {len(out)} has an incomplete 4-byte length")
         (n,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + n > len(raw):
-            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "malformed BYTES raw_input_contents")
+            raise _invalid(f"raw_input_contents: element {len(out)} claims {n:,} bytes; {len(raw) - offset:,} remain")
         out.append(raw[offset : offset + n])
         offset += n
+    if len(out) != count:
+        raise _invalid(f"input shape [{count}] does not match its {len(out)} element(s)")
     return out
+
+
+def _requested_outputs(request) -> list[str]:
+    """The outputs a ModelInfer request asks for (all when it names none), each at most once."""
+    if len(request.outputs) > len(INFER_OUTPUTS):
+        raise _invalid(f"{len(request.outputs)} outputs requested; this model has {list(INFER_OUTPUTS)}, each at most once")
+    wanted = [o.name for o in request.outputs] or list(INFER_OUTPUTS)
+    unknown = [echo(n) for n in wanted if n not in INFER_OUTPUTS]
+    if unknown:
+        raise _invalid(f"unknown output(s) {', '.join(unknown[:5])}; this model has {list(INFER_OUTPUTS)}")
+    if len(set(wanted)) != len(wanted):
+        twice = next(n for n in wanted if wanted.count(n) > 1)
+        raise _invalid(f"output {twice!r} is requested more than once")
+    return wanted
 
 
 def _serialize_bytes(items: list[bytes]) -> bytes:
@@ -227,7 +297,7 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
         another version is NOT_FOUND, as Triton answers: one version of each model is served."""
         entry = self.engine.get(name)
         if version and version != entry.model.version:
-            raise RpcAbort(grpc.StatusCode.NOT_FOUND, f"model {entry.model.name!r} has no version {version!r}; served: {entry.model.version}")
+            raise RpcAbort(grpc.StatusCode.NOT_FOUND, f"model {entry.model.name!r} has no version {echo(version)}; served: {entry.model.version}")
         return entry
 
     @_rpc("ServerLive")
@@ -257,23 +327,19 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
         return meta(
             name=entry.model.name, versions=[entry.model.version], platform="captchakit_onnx",
             inputs=[meta.TensorMetadata(name=INFER_INPUT, datatype="BYTES", shape=[-1])],
-            outputs=[meta.TensorMetadata(name="text", datatype="BYTES", shape=[-1]), meta.TensorMetadata(name="confidence", datatype="FP32", shape=[-1])],
+            outputs=[meta.TensorMetadata(name=n, datatype=t, shape=[-1]) for n, t in zip(INFER_OUTPUTS, ("BYTES", "FP32"))],
         )
 
     @_rpc("ModelInfer")
     async def ModelInfer(self, request, context):  # noqa: N802
         entry = self._entry(request.model_name, request.model_version)
-        if len(request.inputs) != 1 or request.inputs[0].datatype != "BYTES":
-            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "expected one BYTES input of encoded images")
-        tensor_in = request.inputs[0]
-        if tensor_in.name not in ("", INFER_INPUT):
-            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown input {tensor_in.name!r}; this model takes {INFER_INPUT!r}")
-        raw = request.raw_input_contents[0] if request.raw_input_contents else None
-        images = _bytes_elements(tensor_in, raw)
-        if not images:
-            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, "no images in the input tensor")
-        if tensor_in.shape and math.prod(tensor_in.shape) != len(images):  # [N] or, as Triton clients send, [N, 1]
-            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"input shape {list(tensor_in.shape)} does not match its {len(images)} element(s)")
+        count = _infer_image_count(request, self.engine)
+        wanted = _requested_outputs(request)
+        if request.raw_input_contents:  # split in a thread: the event loop keeps serving the others
+            raw = request.raw_input_contents[0]
+            images = await asyncio.get_running_loop().run_in_executor(None, _split_raw_bytes, raw, count)
+        else:
+            images = list(request.inputs[0].contents.bytes_contents)
         staged = await self.engine.stage_many(entry, images, [f"image[{i}]" for i in range(len(images))])
         try:
             failed = next((s for s in staged if isinstance(s, RpcAbort)), None)
@@ -286,10 +352,6 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
             "text": ("BYTES", _serialize_bytes([p.text.encode() for p in predictions])),
             "confidence": ("FP32", np.asarray([p.confidence for p in predictions], "<f4").tobytes()),
         }
-        wanted = [o.name for o in request.outputs] or list(outputs)
-        unknown = [n for n in wanted if n not in outputs]
-        if unknown:
-            raise RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output(s) {unknown}; this model has {list(outputs)}")
         tensor = kpb.ModelInferResponse.InferOutputTensor
         return kpb.ModelInferResponse(
             model_name=entry.model.name, model_version=entry.model.version, id=request.id,

@@ -10,6 +10,7 @@ import argparse
 import csv
 import gzip
 import json
+import os
 import shutil
 import struct
 import tempfile
@@ -382,3 +383,31 @@ def test_cli_resumes_a_classifier_run(tmp_path, shapes, capsys):
     assert _cli(flags + ["--resume", "--epochs", "3"]) == 0
     out = capsys.readouterr().out
     assert "Resuming" in out and "ignoring" in out and "epoch 2/" not in out  # the run's own recipe: 1 epoch, done
+
+
+def test_image_folder_files_outside_the_root_and_broken_entries_are_named(tmp_path, shapes):
+    root = tmp_path / "tree"
+    shutil.copytree(shapes, root)
+    outside = _shapes(tmp_path / "outside", per_class=2)
+    (root / "circle" / "from_outside.png").symlink_to(outside / "circle" / "0001.png")
+    (root / "circle" / "gone.png").symlink_to(outside / "circle" / "none.png")  # outside and dangling: "outside" too
+    (root / "ring" / "dangling.png").symlink_to(root / "ring" / "none.png")
+    (root / "ring" / "loop.png").symlink_to(root / "ring" / "loop.png")
+    os.mkfifo(root / "square" / "pipe.png")  # reading it would block for ever
+    (root / "star").symlink_to(outside / "cross", target_is_directory=True)  # a whole class folder linked out of the root
+    with pytest.raises(DataError) as info:
+        load_data(root, (16, 16), 3, cache_dir=False)
+    outside_reason = f"resolves outside {root}: only files inside the data folder are read"
+    assert sorted(info.value.problems) == sorted([
+        (str(root / "circle" / "from_outside.png"), outside_reason), (str(root / "circle" / "gone.png"), outside_reason),
+        (str(root / "star"), outside_reason),
+        (str(root / "ring" / "dangling.png"), "a broken symbolic link (its target is missing)"),
+        (str(root / "ring" / "loop.png"), "a symbolic link loop"),
+        (str(root / "square" / "pipe.png"), "not a regular file"),
+    ])
+    split_root = tmp_path / "split_tree"  # a split folder linked elsewhere: its files are outside too
+    shutil.copytree(shapes, split_root / "train")
+    (split_root / "val").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DataError) as info:
+        load_data(split_root, (16, 16), 3, cache_dir=False)
+    assert {p for p, _ in info.value.problems} == {str(split_root / "val" / c) for c in CLASSES}

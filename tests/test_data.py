@@ -1,3 +1,5 @@
+import errno
+import os
 import shutil
 
 import cv2
@@ -134,3 +136,21 @@ def test_a_variable_length_set_points_to_the_ctc_head(tmp_path, capsys):
     config.skip_bad, config.head = False, "ctc"  # the CTC head takes them all
     prepared = prepare_data(config, data)
     assert prepared.length is None and len(prepared.splits["train"]) == 40
+
+
+def test_a_cache_that_cannot_be_written_is_a_note_and_leaves_no_partial_file(tiny_data, tmp_path, monkeypatch, capsys):
+    samples = scan_folder(tiny_data / "val")[:5]
+    (tmp_path / "not_a_folder").write_text("x")
+    encoded = load_images(samples, "denoise", (50, 130), tmp_path / "not_a_folder" / "cache")  # the folder cannot be made
+    assert len(encoded.samples) == 5 and "could not write the decoded-image cache" in capsys.readouterr().err
+    cache = tmp_path / "cache"
+
+    def disk_full(file, **arrays):
+        with open(file, "wb") as f:
+            f.write(b"PK\x03\x04 half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    encoded = load_images(samples, "denoise", (50, 130), cache)
+    assert len(encoded.samples) == 5 and "No space left on device" in capsys.readouterr().err
+    assert not list(cache.iterdir())  # the partial file is removed

@@ -1,5 +1,6 @@
 """Label files and folder layouts users bring, and what happens when they are wrong."""
 
+import os
 import shutil
 
 import cv2
@@ -183,3 +184,115 @@ def test_a_top_level_labels_csv_without_a_test_folder_is_read(tiny_data, tmp_pat
     (tmp_path / "labels.csv").write_text("filename,label\n" + "\n".join(r for r in rows if not r.startswith("test/")) + "\n")
     splits = load_splits(tmp_path)
     assert len(splits["train"]) == 120 and len(splits["val"]) == 40 and splits["test"] == []
+
+
+def _outside_setup(tmp_path):
+    """A data folder `d` with one image, beside a folder `outside` holding one image."""
+    _write(tmp_path / "d" / "ab12_0.png")
+    _write(tmp_path / "outside" / "x.png", 1)
+    return tmp_path / "d"
+
+
+@pytest.mark.parametrize("entry", ["../outside/x.png", "{outside}/x.png", "../../../../../../../etc/hostname", "sub/../../outside/x.png", "link.png"])
+def test_labels_csv_entries_outside_the_folder_are_refused_by_name(tmp_path, entry):
+    data = _outside_setup(tmp_path)
+    (data / "link.png").symlink_to(tmp_path / "outside" / "x.png")  # a link out of the folder counts as outside
+    entry = entry.format(outside=tmp_path / "outside")
+    (data / "labels.csv").write_text(f"filename,label\nab12_0.png,ab12\n{entry},zz99\n")
+    with pytest.raises(DataError) as info:
+        scan_folder(data)
+    assert len(info.value.problems) == 1
+    path, reason = info.value.problems[0]
+    assert entry in path and reason == f"listed in labels.csv but resolves outside {data}: only files inside the data folder are read"
+    problems: list = []
+    samples = scan_folder(data, problems)  # with --skip-bad: left out, never read
+    assert [s.path.name for s in samples] == ["ab12_0.png"] and len(problems) == 1
+
+
+def test_an_outside_entry_reads_the_same_whether_or_not_the_file_exists(tmp_path):
+    data = _outside_setup(tmp_path)
+    reasons = []
+    for entry in ("../outside/x.png", "../outside/none.png", "/etc/hostname", "/no/such/file"):
+        (data / "labels.csv").write_text(f"{entry},zz99\n")
+        problems: list = []
+        scan_folder(data, problems)
+        reasons.append(problems[0][1])
+    assert len(set(reasons)) == 1 and "outside" in reasons[0]
+
+
+def test_links_out_of_a_folder_without_labels_csv_and_split_folders_linked_elsewhere_are_refused(tmp_path):
+    data = _outside_setup(tmp_path)
+    (data / "zz99_1.png").symlink_to(tmp_path / "outside" / "x.png")
+    (data / "zz99_2.png").symlink_to(tmp_path / "outside" / "gone.png")  # outside and dangling: still "outside"
+    problems: list = []
+    assert [s.path.name for s in scan_folder(data, problems)] == ["ab12_0.png"]
+    assert sorted(problems) == [(str(data / n), f"resolves outside {data}: only files inside the data folder are read") for n in ("zz99_1.png", "zz99_2.png")]
+    (tmp_path / "via").symlink_to(data)  # the data folder itself may be reached through a link
+    assert [s.path.name for s in scan_folder(tmp_path / "via", [])] == ["ab12_0.png"]
+    top = tmp_path / "top"
+    _write(top / "val" / "ab12_0.png")
+    (top / "train").symlink_to(tmp_path / "outside")  # a split folder that leads out of the data folder
+    (top / "labels.csv").write_text("train/x.png,zz99\nval/ab12_0.png,ab12\n")
+    with pytest.raises(DataError, match=f"{top / 'train'}: resolves outside {top}"):
+        load_splits(top)
+    (top / "labels.csv").unlink()
+    with pytest.raises(DataError, match=f"{top / 'train'}: resolves outside {top}"):
+        load_splits(top)
+
+
+def test_labels_csv_outside_its_folder_or_not_a_file_is_refused(tmp_path):
+    data = _outside_setup(tmp_path)
+    (tmp_path / "outside" / "labels.csv").write_text("ab12_0.png,zz99\n")
+    (data / "labels.csv").symlink_to(tmp_path / "outside" / "labels.csv")
+    with pytest.raises(DataError, match=f"labels.csv: resolves outside {data}"):
+        scan_folder(data)
+    (data / "labels.csv").unlink()
+    (data / "labels.csv").symlink_to(data / "gone.csv")  # a broken link is not taken for "no labels file"
+    with pytest.raises(DataError, match="labels.csv: a broken symbolic link"):
+        scan_folder(data)
+
+
+def test_broken_links_link_loops_and_folders_named_like_images_are_reported(tmp_path, tiny_data):
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data / "val", data)
+    (data / "labels.csv").unlink()  # labelled by file name
+    (data / "2345_dangling.png").symlink_to(data / "gone.png")
+    (data / "2345_loop.png").symlink_to(data / "2345_loop.png")
+    (data / "2345_folder.png").mkdir()
+    os.mkfifo(data / "2345_pipe.png")  # reading it would block for ever
+    expected = {"2345_dangling.png": "a broken symbolic link (its target is missing)", "2345_loop.png": "a symbolic link loop",
+                "2345_folder.png": "a folder, not an image file", "2345_pipe.png": "not a regular file"}
+    with pytest.raises(DataError) as info:
+        scan_folder(data)
+    assert sorted(info.value.problems) == sorted((str(data / n), r) for n, r in expected.items())
+    config = TrainConfig(data=str(data), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError) as info:  # in the report before training, with --skip-bad as the way on
+        prepare_data(config, data)
+    assert all(f"{data / n}: {r}" in str(info.value) for n, r in expected.items()) and "--skip-bad" in str(info.value)
+    config.skip_bad = True
+    assert len(prepare_data(config, data).splits["train"]) > 0
+    rows = "".join(f"{n},2345\n" for n in expected)  # listed in labels.csv: the same reasons
+    (data / "labels.csv").write_text(rows + "".join(f"{p.name},{p.name[:4]}\n" for p in data.glob("[0-9]*_0*.png")))
+    with pytest.raises(DataError) as info:
+        scan_folder(data)
+    assert sorted(info.value.problems) == sorted((str(data / n), f"listed in labels.csv but {r}") for n, r in expected.items())
+
+
+def test_a_quoted_file_name_holding_a_line_break_or_comma_is_read_whole(tmp_path, capsys):
+    _write(tmp_path / "new\nline.png")
+    _write(tmp_path / "newline.png", 1)
+    _write(tmp_path / "a,b.png", 2)
+    (tmp_path / "labels.csv").write_text('filename,label\n"new\nline.png",ab12\n"a,b.png",cd34\nnewline.png,ef56\n')
+    assert {s.path.name: s.label for s in scan_folder(tmp_path)} == {"new\nline.png": "ab12", "a,b.png": "cd34", "newline.png": "ef56"}
+    assert "left out" not in capsys.readouterr().err
+    (tmp_path / "labels.csv").write_text('filename,label\nnewline.png,ef56\n"unterminated.png,ab12\n')
+    with pytest.raises(DataError) as info:  # a quote left open swallows the rest: the row is named, not mangled
+        scan_folder(tmp_path)
+    assert "labels.csv" in str(info.value)
+
+
+def test_two_spellings_of_one_file_with_two_labels_are_a_conflict(tmp_path):
+    _write(tmp_path / "a.png")
+    (tmp_path / "labels.csv").write_text("a.png,ab12\n./a.png,cd34\n")
+    with pytest.raises(DataError, match=r"a.png: listed twice in labels.csv with different labels \('ab12' and 'cd34'\)"):
+        scan_folder(tmp_path)

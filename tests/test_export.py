@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from captcha.export import INPUT_NAME, OUTPUT_NAME, export_onnx, export_triton, register
+from captcha.export import INPUT_NAME, OUTPUT_NAME, export_onnx, register
 from captcha.inference import Predictor
 
 
@@ -82,13 +82,6 @@ def test_export_can_drop_the_test_time_views(run_dir: Path, tmp_path: Path) -> N
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], want, atol=1e-3)
-
-
-def test_triton_layout(run_dir: Path, tmp_path: Path) -> None:
-    model_dir = export_triton(run_dir, tmp_path / "repo", "captcha", verify_images=4, log=lambda s: None)
-    assert (model_dir / "1" / "model.onnx").is_file()
-    config = (model_dir / "config.pbtxt").read_text()
-    assert 'platform: "onnxruntime_onnx"' in config and "dynamic_batching" in config and 'name: "images"' in config
 
 
 def test_cli_export(run_dir: Path, tmp_path: Path, capsys) -> None:

@@ -1,15 +1,18 @@
-"""Font files in the generator: finding and vetting them, drawing glyphs, the mix style, pretrain --fonts."""
+"""Font files in the generator: finding and vetting them, drawing glyphs, the Debian packages they come from,
+the mix style, pretrain --fonts."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import ImageFont
 
 from captcha.cli import main
-from captcha.fonts import find_fonts, render_glyph, unusable_reason
+from captcha.font_packages import FONT_PACKAGES, FontSet, find_package_fonts, install_command, package_font_files, package_versions
+from captcha.fonts import find_fonts, render_glyph, thin_strokes, unusable_reason
 from captcha.generate import EVAL_STYLES, FONT_FILE_SHARE, STYLES, GeneratorConfig, generate_dataset, mixed_style, render
 from captcha.pretrain import PretrainConfig, pretrain
 from captcha.pretrained import PRETRAIN_ALPHABET
@@ -102,3 +105,46 @@ def test_pretrain_with_fonts_records_them_and_redraws_when_they_change(tmp_path,
     assert len(list((tmp_path / "work").glob("data-*"))) == 2  # without fonts: another set
     with pytest.raises(ValueError, match="no usable"):
         pretrain(PretrainConfig(**small, fonts=(str(tmp_path / "work"),)), **QUIET)
+
+
+def test_thinning_and_faux_bold_change_the_ink_and_keep_the_glyph(font_dir):
+    font = str(font_dir / "sub" / "Aileron-Regular.ttf")
+    ink = {stroke: int(np.count_nonzero(render_glyph(font, "H", 60, stroke) > 127)) for stroke in (-30, -1, 0, 2)}
+    assert ink[-1] < ink[0] < ink[2]
+    assert 0 < ink[-30] <= ink[-1]  # thinned only while no stroke vanishes
+    hairline = np.zeros((40, 40), np.uint8)
+    hairline[5:35, 10:13] = 255  # a 3-pixel stem
+    hairline[5:7, 13:30] = 255  # and a 2-pixel arm, which one pixel off each edge would erase
+    assert np.array_equal(thin_strokes(hairline, 1), hairline)
+
+
+HAS_DPKG = shutil.which("dpkg-query") is not None
+INSTALLED_FONT_PACKAGES = sorted(package_versions(FONT_PACKAGES)) if HAS_DPKG else []
+
+
+def test_font_package_list_covers_every_kind_and_installs_in_one_command():
+    kinds = set(FONT_PACKAGES.values())
+    assert {"sans", "serif", "mono", "condensed", "bold", "script", "handwriting", "outline"} <= kinds
+    command = install_command()
+    assert command.startswith("apt-get install -y") and all(f" {p}" in command for p in FONT_PACKAGES)
+    assert FontSet(("/x/a/Aileron-Regular.ttf",), {"fonts-b": "2.0", "fonts-a": "1:1.0-2"}).metadata() == {
+        "font_packages": ["fonts-a=1:1.0-2", "fonts-b=2.0"], "font_files": ["Aileron-Regular.ttf"]}
+
+
+@pytest.mark.skipif(not HAS_DPKG, reason="dpkg-query is Debian's; this is not a Debian system")
+def test_package_versions_and_a_missing_package_set_name_the_install_command():
+    versions = package_versions(["dpkg", "fonts-no-such-package-here"])
+    assert list(versions) == ["dpkg"] and versions["dpkg"][0].isdigit()
+    with pytest.raises(ValueError, match="apt-get install -y --no-install-recommends fonts-no-such-package-here"):
+        find_package_fonts("abc", packages=["fonts-no-such-package-here"])
+
+
+@pytest.mark.skipif(not INSTALLED_FONT_PACKAGES, reason="none of captcha.font_packages.FONT_PACKAGES is installed "
+                    "(CI has none; docs/fonts.md has the apt-get command)")
+def test_installed_font_packages_give_vetted_files_and_their_versions():
+    packages = INSTALLED_FONT_PACKAGES[:2]  # two packages: vetting every installed face takes half a minute
+    found = find_package_fonts(PRETRAIN_ALPHABET, packages=packages)
+    assert found.files and set(found.packages) <= set(packages)
+    assert all(found.packages[p] == package_versions([p])[p] for p in found.packages)
+    assert all(f in {str(Path(g).resolve()) for p in found.packages for g in package_font_files(p)} for f in found.files)
+    assert found.metadata()["font_packages"] == [f"{p}={v}" for p, v in sorted(found.packages.items())]

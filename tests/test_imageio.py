@@ -1,13 +1,19 @@
+import importlib.util
 import io
+import os
 import struct
+import threading
+import tracemalloc
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from captcha.imageio import ImageDecodeError, decode_image, list_images, read_image
+from captcha.constants import MAX_DECODED_BYTES, MAX_IMAGE_PIXELS
+from captcha.imageio import ImageDecodeError, ImageHeader, decode_image, list_images, read_header, read_image, read_image_file
 
 
 def _rgb():
@@ -144,3 +150,138 @@ def test_list_images_takes_image_extensions_in_any_case_sorted(tmp_path):
     assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG"]
     assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, recursive=True)] == [
         "a.jpg", "b.PNG", "sub/d.gif", "sub/deeper/e.webp"]
+
+
+# ------------------------------------------------------------------------- hostile files (issue #32)
+
+HOSTILE_DIR = Path(__file__).resolve().parent / "hostile"
+
+
+def _hostile_module():
+    spec = importlib.util.spec_from_file_location("make_hostile", HOSTILE_DIR / "make_hostile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+hostile = _hostile_module()
+
+
+@pytest.mark.parametrize("name", sorted(hostile.HOSTILE))
+def test_each_hostile_file_decodes_or_is_refused_as_its_table_says(name):
+    case = hostile.HOSTILE[name]
+    data = (HOSTILE_DIR / name).read_bytes()
+    assert data == case.make(), f"tests/hostile/{name} is stale: run python tests/hostile/make_hostile.py"
+    if case.shape:
+        out = decode_image(data, name)
+        assert out.dtype == np.uint8 and out.shape == (*case.shape, 3)
+    else:
+        with pytest.raises(ImageDecodeError, match=case.refused):
+            decode_image(data, name)
+
+
+@pytest.mark.parametrize("name", sorted(hostile.LARGE))
+def test_deep_images_are_bounded_by_their_decoded_bytes_not_only_their_pixels(name):
+    # the 4500x4500 16-bit RGBA PNG has half the pixels the pixel limit allows, yet decodes to
+    # more bytes than MAX_DECODED_BYTES: refused from its header, before any decoding
+    case = hostile.LARGE[name]
+    data = case.make()
+    header = read_header(data)
+    assert header.pixels < MAX_IMAGE_PIXELS
+    if case.refused:
+        assert header.decoded_bytes > MAX_DECODED_BYTES
+        with pytest.raises(ImageDecodeError, match=r"4500x4500 pixels x 4 channel\(s\) x 16 bits decodes to 162 MB, over the limit of 160 MB"):
+            decode_image(data, name)
+    else:
+        assert decode_image(data, name).shape == (*case.shape, 3)
+
+
+def _sixteen_bit_rgba() -> bytes:
+    return hostile.LARGE["rgba16_2000x2000.png"].make()
+
+
+@pytest.mark.parametrize("make", [
+    _sixteen_bit_rgba,
+    lambda: cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (2000, 2000, 4), dtype=np.uint8))[1].tobytes(),
+    lambda: cv2.imencode(".tiff", np.random.default_rng(0).random((2000, 2000), dtype=np.float32) * 3)[1].tobytes(),
+], ids=["rgba16", "rgba8", "float32"])
+def test_depth_conversion_and_alpha_make_no_full_size_float_copies(make):
+    # numpy (and OpenCV's arrays, allocated through numpy) report to tracemalloc; the decode's peak
+    # must stay within the header's estimate that the server budgets by (decoder output, its
+    # 8-bit copy and the BGR result): full-size float copies needed several times that
+    data = make()
+    header = read_header(data)
+    tracemalloc.start()
+    try:
+        decode_image(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= header.peak_bytes, f"decoding held {peak / 1e6:.0f} MB; the estimate is {header.peak_bytes / 1e6:.0f} MB"
+
+
+def test_sixteen_bit_and_float_samples_keep_their_values():
+    deep = np.arange(0, 65536, 257, dtype=np.uint16)[:240].reshape(12, 20)  # 0, 257, ... -> 0, 1, ...
+    out = decode_image(cv2.imencode(".png", deep)[1].tobytes())
+    assert np.array_equal(out[:, :, 0], (deep >> 8).astype(np.uint8))
+    ramp = np.linspace(-2.0, 6.0, 240, dtype=np.float32).reshape(12, 20)  # outside [0, 1]: stretched to 0..255
+    ramp[0, :3] = [np.nan, np.inf, -np.inf]
+    out = decode_image(cv2.imencode(".tiff", ramp)[1].tobytes())[:, :, 0]
+    assert out[0, 0] == 0 and out[0, 1] == 255 and out[0, 2] == 0  # NaN -> 0, infinities clipped
+    finite = np.isfinite(ramp)
+    expected = np.round((ramp - ramp[finite].min()) / (ramp[finite].max() - ramp[finite].min()) * 255)
+    assert np.abs(out[finite].astype(int) - expected[finite]).max() <= 1
+
+
+def test_the_header_reports_samples_pillow_hides():
+    # Pillow opens 16-bit RGB TIFF and PPM as 8-bit "RGB"; OpenCV decodes them to 16 bits
+    for ext in (".tiff", ".ppm"):
+        data = cv2.imencode(ext, np.zeros((10, 12, 3), np.uint16))[1].tobytes()
+        assert read_header(data) == ImageHeader(12, 10, 3, 2), ext
+    assert read_header(cv2.imencode(".png", np.zeros((10, 12), np.uint16))[1].tobytes()) == ImageHeader(12, 10, 1, 2)
+    assert read_header(cv2.imencode(".jpg", np.zeros((10, 12, 3), np.uint8))[1].tobytes()) == ImageHeader(12, 10, 3, 1)
+    assert read_header(b"not an image") is None
+
+
+# --------------------------------------------------------------------- bounded file reads (issue #32)
+
+
+def test_read_image_file_refuses_what_is_not_a_regular_file_without_waiting(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    writer = threading.Timer(5.0, lambda: _feed(fifo))  # only for code that would block on the pipe
+    writer.start()
+    try:
+        with pytest.raises(ImageDecodeError, match="pipe.png: a named pipe, not an image file"):
+            read_image_file(fifo)
+    finally:
+        writer.cancel()
+    with pytest.raises(ImageDecodeError, match="a device, not an image file"):
+        read_image_file("/dev/zero")
+    with pytest.raises(ImageDecodeError, match="a folder, not an image file"):
+        read_image_file(tmp_path)
+    with pytest.raises(ImageDecodeError, match=r"missing.png: cannot read file \(No such file"):
+        read_image_file(tmp_path / "missing.png")
+
+
+def _feed(fifo: Path) -> None:
+    with open(fifo, "wb") as pipe:
+        pipe.write(b"not an image")
+
+
+def test_read_image_file_checks_the_size_before_reading(tmp_path):
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:  # sparse: 64 MiB long, nothing on disk
+        f.truncate(64 * 2**20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageDecodeError, match=r"big.png: 64.00 MB, over the 1.00 MB limit \(--flag\)"):
+            read_image_file(big, max_bytes=2**20, limit_name="--flag")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20  # refused unread
+    small = tmp_path / "small.png"
+    small.write_bytes(cv2.imencode(".png", _rgb())[1].tobytes())
+    assert read_image_file(small, max_bytes=small.stat().st_size) == small.read_bytes()
+    assert read_image(small).shape == (20, 30, 3)

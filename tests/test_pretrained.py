@@ -11,7 +11,7 @@ import torch
 from captcha import pretrained
 from captcha.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from captcha.cli import build_parser
-from captcha.generate import EVAL_STYLES, MIX_VARIETY, PRETRAIN_STYLES, STYLES, Style, mixed_style, render
+from captcha.generate import EVAL_STYLES, MIX_CHOICES, MIX_RANGES, MIX_VARIETY, PRETRAIN_STYLES, STYLES, Style, mixed_style, render
 from captcha.models import create_model
 from captcha.pretrain import PretrainConfig, pretrain
 from captcha.train import TrainConfig, fit
@@ -28,7 +28,15 @@ def test_mixed_style_only_recombines_pretraining_traits():
         for f in fields(style):
             if f.name in ("name", "description", "background", "text_color", *MIX_VARIETY):
                 continue
-            assert getattr(style, f.name) in {getattr(STYLES[n], f.name) for n in PRETRAIN_STYLES}, f.name
+            recombined = {getattr(STYLES[n], f.name) for n in PRETRAIN_STYLES}
+            value = getattr(style, f.name)
+            if f.name in MIX_RANGES and value not in recombined:  # drawn from the mix's wider range
+                low, high = MIX_RANGES[f.name]
+                assert all(low <= v <= high for v in (value if isinstance(value, tuple) else (value,))), f.name
+            elif f.name in MIX_CHOICES and value not in recombined:
+                assert value in MIX_CHOICES[f.name], f.name
+            else:
+                assert value in recombined, f.name
         low, high = MIX_VARIETY["glyph_aspect"]
         assert low <= style.glyph_aspect[0] <= style.glyph_aspect[1] <= high
         assert MIX_VARIETY["glyph_elastic"][0] <= style.glyph_elastic <= MIX_VARIETY["glyph_elastic"][1]

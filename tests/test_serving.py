@@ -1,13 +1,11 @@
 """The gRPC server, for real, on a loopback port: APIs, agreement with `captcha predict`, bad
-input, auth, graceful shutdown, KServe v2, metrics and up-to-date generated stubs."""
+input, auth, graceful shutdown, KServe v2 and metrics (the generated stubs: tests/test_packaging.py)."""
 
 from __future__ import annotations
 
-import filecmp
 import struct
 import urllib.request
 import zlib
-from pathlib import Path
 
 import grpc
 import pytest
@@ -231,15 +229,3 @@ def test_calls_sent_just_before_a_stop_are_answered_not_cancelled(artifacts) -> 
                 codes.append(err.code())
         assert stopped.wait(30)
     assert codes.count(grpc.StatusCode.OK) == len(calls), {c.name: codes.count(c) for c in set(codes)}
-
-
-def test_stubs_are_up_to_date(tmp_path: Path) -> None:
-    pytest.importorskip("grpc_tools")
-    from serving import gen_protos
-
-    gen_protos.generate(tmp_path)
-    committed = gen_protos.OUT_DIR
-    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py*"))
-    assert fresh == sorted(p.relative_to(committed) for p in committed.rglob("*.py*") if "__pycache__" not in p.parts)
-    stale = [str(rel) for rel in fresh if not filecmp.cmp(tmp_path / rel, committed / rel, shallow=False)]
-    assert not stale, f"stale generated stubs (run `python -m serving.gen_protos`): {stale}"

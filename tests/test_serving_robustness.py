@@ -8,13 +8,18 @@ sleeping and hoping; no test asserts a wall-clock time.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib.util
+import os
 import shutil
 import struct
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import cv2
 import grpc
 import numpy as np
 import pytest
@@ -178,7 +183,9 @@ def test_the_health_probe_takes_its_tls_settings_from_the_environment(tls_server
     monkeypatch.setenv("CAPTCHA_HEALTH_TLS_CA", str(cert))
     monkeypatch.setenv("CAPTCHA_HEALTH_TLS_NAME", "localhost")
     assert health_probe_main(["--address", f"127.0.0.1:{srv.port}", "--timeout", "10"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["NOT SERVING", "SERVING"]
+    plaintext, tls = capsys.readouterr().out.splitlines()
+    assert plaintext.startswith(f"cannot connect to 127.0.0.1:{srv.port}: ") and "add --tls or --tls-ca" in plaintext
+    assert tls == "SERVING"
     monkeypatch.setenv("CAPTCHA_HEALTH_TLS_CA", str(cert) + ".missing")
     with pytest.raises(SystemExit):
         health_probe_main(["--address", f"127.0.0.1:{srv.port}"])
@@ -425,7 +432,7 @@ def test_client_names_a_file_over_the_message_limit_and_reads_the_rest(artifacts
     first, last = (str(p) for p in artifacts["images"][:2])
     assert main(["client", first, str(big), last, "--address", f"127.0.0.1:{srv.port}", "--max-message-mb", "0.25"]) == 1
     out, err = capsys.readouterr()
-    assert "big.png: 0.3 MB, over the 0.25 MB" in err and first in out and last in out
+    assert "big.png: 0.29 MB, over the 0.25 MB limit (--max-message-mb" in err and first in out and last in out
 
 
 def test_the_cli_client_reads_folders_and_checks_the_certificate_name(artifacts, tls_server, tmp_path, capsys) -> None:
@@ -470,3 +477,321 @@ def test_a_busy_metrics_port_is_one_error_line(artifacts, capsys) -> None:
         port = taken.getsockname()[1]
         assert main(["serve", str(artifacts["onnx"]), "--host", "127.0.0.1", "--port", "0", "--metrics-port", str(port)]) == 2
     assert f"error: cannot serve metrics on 127.0.0.1:{port}:" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ hostile input (issue #32)
+
+HOSTILE_DIR = Path(__file__).resolve().parent / "hostile"
+
+
+def _hostile_module():
+    spec = importlib.util.spec_from_file_location("make_hostile", HOSTILE_DIR / "make_hostile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+hostile = _hostile_module()
+
+
+def test_hostile_files_get_an_answer_or_invalid_argument_and_the_server_goes_on(artifacts, small_limit_server) -> None:
+    _srv, channel = small_limit_server
+    client = RecognizerClient(channel, timeout=60)
+    good = artifacts["images"][0].read_bytes()
+    expected = _expected(artifacts, artifacts["images"][:1])[0]
+    cases = {**{n: (c, (HOSTILE_DIR / n).read_bytes()) for n, c in hostile.HOSTILE.items()},
+             **{n: (c, c.make()) for n, c in hostile.LARGE.items()}}
+    for name, (case, data) in cases.items():
+        if case.shape:
+            assert client.recognize(data).text, name
+        else:
+            with pytest.raises(grpc.RpcError) as err:
+                client.recognize(data)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and case.refused in err.value.details(), name
+        assert client.recognize(good).text == expected, name
+
+
+def test_large_images_decode_one_at_a_time_beside_the_workers(artifacts, monkeypatch) -> None:
+    """Images whose decode would peak over DECODE_BUDGET_BYTES / --workers go one at a time to one
+    extra thread: memory does not grow with --workers, and small images keep the workers (old:
+    four workers each held a large image and a small batch waited for them)."""
+    from captcha import constants, imageio
+
+    monkeypatch.setattr(constants, "DECODE_BUDGET_BYTES", 8 * 2**20)  # 2 MiB a worker: the images below are large
+    large = cv2.imencode(".png", np.zeros((1000, 1000), np.uint8))[1].tobytes()
+    real_decode, held = imageio.decode_image, threading.Event()
+    entered, active, most = threading.Event(), [0], [0]
+
+    def decode(data, source="<bytes>", header=None):
+        if data != large:
+            return real_decode(data, source, header)
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        entered.set()
+        held.wait(60)
+        active[0] -= 1
+        return real_decode(data, source, header)
+
+    monkeypatch.setattr(imageio, "decode_image", decode)
+    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, workers=4, grace_s=1)).start()
+    try:
+        with open_channel(f"127.0.0.1:{srv.port}") as channel:
+            client = RecognizerClient(channel, timeout=20)
+            big = client.stub.RecognizeBatch.future(pb.RecognizeBatchRequest(images=[large] * 4), timeout=60)
+            assert entered.wait(WAIT_S)
+            small = artifacts["images"][:2]
+            assert [r.text for r in client.recognize_batch([p.read_bytes() for p in small])] == _expected(artifacts, small)
+            held.set()
+            assert [r.HasField("error") for r in big.result(timeout=WAIT_S).results] == [False] * 4
+    finally:
+        held.set()
+        srv.stop(0).wait(10)
+    assert most[0] == 1
+
+
+def _infer(stub, inputs, raw=None, outputs=(), **kw):
+    request = kpb.ModelInferRequest(model_name="captcha", inputs=inputs, raw_input_contents=raw or [],
+                                    outputs=[kpb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs], **kw)
+    return stub.ModelInfer(request, timeout=30)
+
+
+def _raw(*items: bytes) -> bytes:
+    return b"".join(struct.pack("<I", len(x)) + x for x in items)
+
+
+def test_kserve_refuses_what_triton_refuses(artifacts, small_limit_server) -> None:
+    _srv, channel = small_limit_server
+    stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+    good = artifacts["images"][0].read_bytes()
+    tensor, contents = kpb.ModelInferRequest.InferInputTensor, kpb.InferTensorContents
+    image = dict(name="image", datatype="BYTES")
+    refused = [
+        ([tensor(**image, shape=[1], contents=contents(bytes_contents=[good]))], [_raw(good)], (), "contents must not be given"),
+        ([tensor(**image, shape=[1])], [_raw(good), _raw(good)], (), "2 raw_input_contents entries for 1 input"),
+        ([tensor(**image, shape=[-1, -1])], [_raw(good)], (), "is not [N] or [N, 1]"),
+        ([tensor(**image, shape=[-1])], [_raw(good)], (), "is not [N] or [N, 1]"),
+        ([tensor(**image, shape=[])], [_raw(good)], (), "is not [N] or [N, 1]"),
+        ([tensor(**image, shape=[1, 2])], [_raw(good)], (), "is not [N] or [N, 1]"),
+        ([tensor(**image, shape=[1]), tensor(**image, shape=[1])], [_raw(good)] * 2, (), "expected one input tensor"),
+        ([tensor(name="image", datatype="FP32", shape=[1])], [_raw(good)], (), "is BYTES (encoded images), not 'FP32'"),
+        ([tensor(**image, shape=[1])], [_raw(good)], ("text", "text"), "'text' is requested more than once"),
+        ([tensor(**image, shape=[1])], [_raw(good)], ("nope",), "unknown output(s) 'nope'"),
+        ([tensor(**image, shape=[1], contents=contents(int_contents=[1]))], [], (), "not int_contents"),
+        ([tensor(**image, shape=[1])], [], (), "has no data"),
+        ([tensor(**image, shape=[2])], [_raw(good)], (), "input shape [2] does not match its 1 element(s)"),
+        ([tensor(**image, shape=[1])], [_raw(good, good)], (), "more than the 1 element(s)"),
+        ([tensor(**image, shape=[1])], [_raw(good)[:-1]], (), f"claims {len(good):,} bytes"),
+    ]
+    for inputs, raw, outputs, reason in refused:
+        with pytest.raises(grpc.RpcError) as err:
+            _infer(stub, inputs, raw, outputs)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in err.value.details(), (reason, err.value.details())
+    reply = _infer(stub, [tensor(**image, shape=[2], contents=contents(bytes_contents=[good, good]))], outputs=("confidence",))
+    assert [o.name for o in reply.outputs] == ["confidence"] and list(reply.outputs[0].shape) == [2]
+
+
+def test_kserve_counts_items_before_reading_them_and_splits_off_the_event_loop(artifacts, small_limit_server, monkeypatch) -> None:
+    from serving import servicer
+
+    threads: list[str] = []
+    real_split = servicer._split_raw_bytes
+    monkeypatch.setattr(servicer, "_split_raw_bytes", lambda raw, n: (threads.append(threading.current_thread().name), real_split(raw, n))[1])
+    _srv, channel = small_limit_server
+    stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+    empties = _raw(b"") * 50_000  # 200 KB of zero-length items
+    tensor = kpb.ModelInferRequest.InferInputTensor
+    with pytest.raises(grpc.RpcError) as err:  # more than could ever be queued: refused from the shape alone
+        _infer(stub, [tensor(name="image", datatype="BYTES", shape=[50_000])], [empties])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "50000 images in one call" in err.value.details()
+    assert threads == []
+    with pytest.raises(grpc.RpcError) as err:  # the split stops after the elements the shape names
+        _infer(stub, [tensor(name="image", datatype="BYTES", shape=[2])], [empties])
+    assert "more than the 2 element(s)" in err.value.details()
+    good = artifacts["images"][0].read_bytes()
+    reply = _infer(stub, [tensor(name="image", datatype="BYTES", shape=[1])], [_raw(good)])
+    assert list(reply.outputs[0].shape) == [1]
+    assert len(threads) == 2 and "grpc-aio" not in threads  # never on the server's event loop
+
+
+def test_large_requests_are_parsed_off_the_event_loop_and_counted_first() -> None:
+    """A request over INLINE_PARSE_MAX_BYTES is parsed in a worker thread, small ones at once; one
+    of more than MAX_REQUEST_FIELDS fields (a 4 MB message of two million empty items takes
+    protobuf a GIL-holding parse long enough to stall every other call) is refused unparsed."""
+    from serving.request_decoding import INLINE_PARSE_MAX_BYTES, MAX_REQUEST_FIELDS, UnreadableRequest, guard_handlers
+
+    parsed_in: list[str] = []
+
+    def parse(data: bytes):
+        parsed_in.append(threading.current_thread().name)
+        return pb.RecognizeBatchRequest.FromString(data)
+
+    async def behavior(request, context):
+        return len(request.images)
+
+    handler = grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=parse)
+    guarded = guard_handlers("captcha.v1.Recognizer", {"RecognizeBatch": handler})["RecognizeBatch"]
+    small = pb.RecognizeBatchRequest(images=[b""] * 10).SerializeToString()
+    large = pb.RecognizeBatchRequest(images=[b"x" * 100] * 1000).SerializeToString()
+    crowded = pb.RecognizeBatchRequest(images=[b""] * 2_000_000).SerializeToString()
+    refused: list[tuple] = []
+
+    class Context:
+        async def abort(self, code, details):
+            refused.append((code, details))
+            raise grpc.RpcError(details)
+
+    async def call(data: bytes) -> int:
+        return await guarded.unary_unary(guarded.request_deserializer(data), Context())
+
+    assert len(large) > INLINE_PARSE_MAX_BYTES
+    assert asyncio.run(call(small)) == 10 and asyncio.run(call(large)) == 1000
+    main = threading.current_thread().name
+    assert parsed_in[0] == main and parsed_in[1] != main
+    with pytest.raises(grpc.RpcError):
+        asyncio.run(call(crowded))
+    assert len(parsed_in) == 2  # never parsed
+    assert refused == [(grpc.StatusCode.INVALID_ARGUMENT, f"captcha.v1.Recognizer/RecognizeBatch: more than {MAX_REQUEST_FIELDS:,} "
+                                                          "fields (repeated items included) in one RecognizeBatchRequest; send fewer per call")]
+    assert not isinstance(guarded.request_deserializer(small), UnreadableRequest)
+
+
+def test_messages_of_too_many_fields_are_refused_unparsed(artifacts, small_limit_server) -> None:
+    # 200 KB of one field repeated 66,000 times (or of unknown fields): protobuf would parse each
+    srv, channel = small_limit_server
+    client = RecognizerClient(channel, timeout=30)
+    repeated_image = b"\x0a\x01x" * 66_000  # RecognizeRequest.image, again and again (the last one wins)
+    unknown = b"\x98\x06\x00" * 66_000  # field 99, which RecognizeRequest lacks
+    raw = channel.unary_unary("/captcha.v1.Recognizer/Recognize", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    for data in (repeated_image, unknown):
+        with pytest.raises(grpc.RpcError) as err:
+            raw(data, timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "more than 67 fields (repeated items included) in one RecognizeRequest" in err.value.details()
+    raw_stream = channel.stream_stream("/captcha.v1.Recognizer/RecognizeStream", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as err:
+        list(raw_stream(iter([unknown]), timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "more than 67 fields" in err.value.details()
+    assert client.recognize(artifacts["images"][0].read_bytes()).text
+
+
+def test_echoed_names_are_cut_short_so_the_status_survives(artifacts, small_limit_server) -> None:
+    # a 20,000-character model name used to be echoed whole in the status details, over gRPC's
+    # header limit: the client got RESOURCE_EXHAUSTED "Stream removed" instead of NOT_FOUND
+    _srv, channel = small_limit_server
+    client = RecognizerClient(channel, timeout=30)
+    stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+    long = "m" * 20_000
+    good = artifacts["images"][0].read_bytes()
+    tensor = kpb.ModelInferRequest.InferInputTensor
+    calls = [
+        (lambda: client.stub.Recognize(pb.RecognizeRequest(image=good, model=long), timeout=30), grpc.StatusCode.NOT_FOUND),
+        (lambda: client.stub.RecognizeBatch(pb.RecognizeBatchRequest(images=[good], model=long), timeout=30), grpc.StatusCode.NOT_FOUND),
+        (lambda: client.stub.GetModelInfo(pb.GetModelInfoRequest(model=long), timeout=30), grpc.StatusCode.NOT_FOUND),
+        (lambda: client.stub.Classify(pb.ClassifyRequest(image=good, model=long), timeout=30), grpc.StatusCode.NOT_FOUND),
+        (lambda: _infer(stub, [tensor(name="image", datatype="BYTES", shape=[1])], [_raw(good)], model_version=long), grpc.StatusCode.NOT_FOUND),
+        (lambda: _infer(stub, [tensor(name=long, datatype="BYTES", shape=[1])], [_raw(good)]), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: _infer(stub, [tensor(name="image", datatype=long, shape=[1])], [_raw(good)]), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: _infer(stub, [tensor(name="image", datatype="BYTES", shape=[1])], [_raw(good)], outputs=(long,)), grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for call, code in calls:
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == code and "... (20,000 characters)" in err.value.details(), err.value.details()[:200]
+        assert len(err.value.details()) < 400
+    item = list(client.stub.RecognizeStream(iter([pb.RecognizeRequest(image=b"junk", id=long)]), timeout=30))[0]
+    assert item.id == long and item.error.message.startswith("stream item 'mmm") and len(item.error.message) < 400
+    assert client.recognize(good).text
+
+
+_DYING_CLIENT = """
+import sys, threading, time
+from serving.client import RecognizerClient, open_channel
+address, image, count = sys.argv[1], open(sys.argv[2], "rb").read(), int(sys.argv[3])
+client, answered = RecognizerClient(open_channel(address)), threading.Semaphore(0)
+
+def stream():
+    def requests():
+        yield image
+        time.sleep(600)  # the stream stays open until this process is killed
+    for _ in client.recognize_stream(requests()):
+        answered.release()
+
+for _ in range(count):
+    threading.Thread(target=stream, daemon=True).start()
+for _ in range(count):
+    answered.acquire()
+time.sleep(0.5)  # idle open streams, the case the old server counted OK most often
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_streams_whose_client_dies_are_counted_cancelled(artifacts) -> None:
+    """A client killed with streams open: every stream is CANCELLED in captcha_requests_total
+    (old: most were counted OK, the end of their requests taken for a normal one)."""
+    count = 30
+    srv = CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, grace_s=1)).start()
+    child = subprocess.Popen([sys.executable, "-c", _DYING_CLIENT, f"127.0.0.1:{srv.port}", str(artifacts["images"][0]), str(count)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        child.kill()
+        child.wait(WAIT_S)
+
+        def ended() -> float:
+            return sum(srv.metrics.value("captcha_requests_total", method="RecognizeStream", code=c.name) for c in grpc.StatusCode)
+
+        _until(lambda: ended() == count, "every stream to end")
+        assert srv.metrics.value("captcha_requests_total", method="RecognizeStream", code="CANCELLED") == count
+    finally:
+        child.kill()
+        srv.stop(0).wait(10)
+
+
+def test_the_health_probe_says_what_failed(artifacts, tls_server, small_limit_server, capsys) -> None:
+    import socket
+
+    from serving.health_probe import probe
+
+    tls_srv, cert = tls_server
+    plain_srv, _channel = small_limit_server
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{unused.getsockname()[1]}"
+    ok, outcome = probe(closed, timeout=10)
+    assert not ok and outcome.startswith(f"cannot connect to {closed}: ") and "Connection refused" in outcome
+    ok, outcome = probe(f"127.0.0.1:{plain_srv.port}", tls_ca=str(cert), timeout=10)  # TLS to a plaintext server
+    assert not ok and outcome.startswith(f"TLS handshake with 127.0.0.1:{plain_srv.port} failed: ")
+    ok, outcome = probe(f"127.0.0.1:{tls_srv.port}", tls=True, timeout=10)  # a certificate the system does not trust
+    assert not ok and outcome.startswith("TLS handshake with") and "CERTIFICATE_VERIFY_FAILED" in outcome
+    assert probe(f"127.0.0.1:{plain_srv.port}", timeout=10) == (True, "SERVING")
+    assert health_probe_main(["--address", closed, "--timeout", "10"]) == 1
+    assert capsys.readouterr().out.startswith(f"cannot connect to {closed}")
+
+
+def test_predict_and_client_refuse_pipes_and_devices_unread(artifacts, small_limit_server, tmp_path, capsys) -> None:
+    from captcha.cli import main
+    from captcha.imageio import ImageDecodeError
+
+    srv, _channel = small_limit_server
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    good = str(artifacts["images"][0])
+
+    def feed() -> None:  # only for code that would wait on the pipe: it then reads this and goes on
+        with open(fifo, "wb") as pipe:
+            pipe.write(b"not an image")
+
+    feeder = threading.Timer(5.0, feed)
+    feeder.start()
+    try:
+        with pytest.raises(ImageDecodeError, match="a named pipe, not an image file"):
+            Predictor.from_run(artifacts["run"], "cpu").predict_paths([fifo])
+        assert main(["predict", str(artifacts["run"]), str(fifo), "/dev/null", good, "--device", "cpu"]) == 1
+        out, err = capsys.readouterr()
+        assert "pipe.png: a named pipe, not an image file" in err and "/dev/null: a device, not an image file" in err and good in out
+        assert main(["client", str(fifo), "/dev/null", good, "--address", f"127.0.0.1:{srv.port}"]) == 1
+        out, err = capsys.readouterr()
+        assert "pipe.png: a named pipe, not an image file" in err and "/dev/null: a device, not an image file" in err and good in out
+    finally:
+        feeder.cancel()

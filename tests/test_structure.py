@@ -25,7 +25,8 @@ LAYERS = {
     "captcha": UTILITIES, "captcha.constants": UTILITIES, "captcha.alphabet": UTILITIES, "captcha.imageio": UTILITIES,
     "captcha.decoding": UTILITIES, "captcha.metrics": UTILITIES, "captcha.plots": UTILITIES, "captcha.tensorboard_log": UTILITIES,
     "captcha.distributed": UTILITIES, "captcha.ema": UTILITIES, "captcha.tta": UTILITIES, "captcha.augment": UTILITIES, "captcha.options": UTILITIES,
-    "captcha.fonts": DATA, "captcha.generate": DATA, "captcha.preprocess": DATA, "captcha.data": DATA, "captcha.recognition_data": DATA,
+    "captcha.parallel": UTILITIES,
+    "captcha.fonts": DATA, "captcha.font_packages": DATA, "captcha.generate": DATA, "captcha.synth_stream": DATA, "captcha.preprocess": DATA, "captcha.data": DATA, "captcha.recognition_data": DATA,
     "captcha.models": DATA, "captcha.models._heads": DATA, "captcha.models._registry": DATA, "captcha.models.cnn": DATA,
     "captcha.models.resnet": DATA, "captcha.models.sepnet": DATA, "captcha.models.classifiers": DATA,
     "captcha.classify": DATA, "captcha.classify.data": DATA, "captcha.classify.shapes": DATA,
@@ -34,7 +35,7 @@ LAYERS = {
     "captcha.classify.svm": RUNTIME,
     "captcha.train_config": TRAINING, "captcha.recognition": TRAINING, "captcha.pseudo_labels": TRAINING, "captcha.train": TRAINING,
     "captcha.sweep": TRAINING, "captcha.classify.train": TRAINING, "captcha.classify.sweep": TRAINING,
-    "captcha.cli": TOP, "captcha.__main__": TOP, "captcha.export": TOP, "captcha.pretrain": TOP, "captcha.classify.cli": TOP,
+    "captcha.cli": TOP, "captcha.__main__": TOP, "captcha.export": TOP, "captcha.export_triton": TOP, "captcha.pretrain": TOP, "captcha.classify.cli": TOP,
 }
 # The modules that may import the trainer: the CLI, the sweeps, pre-training and the
 # classification task's entry point (benchmarks and tests, outside the package, may too).

@@ -364,3 +364,27 @@ def test_a_new_run_over_an_old_one_keeps_the_old_one(easy_data, tmp_path, monkey
     messages.clear()
     fit(TrainConfig(out=".", seed=4, **base), log=messages.append)
     assert any("starting a new one over it" in m for m in messages)
+
+
+def test_resume_with_nothing_to_resume_is_refused_naming_the_path(easy_data, tmp_path, monkeypatch, capsys):
+    import captcha.train
+
+    base = dict(data=str(easy_data), epochs=1, cache_dir=str(tmp_path / "cache"), batch_size=128, init="none", tta=1)
+    cut = tmp_path / "cut"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # killed in epoch 1: the run folder is there, its last.pt is not
+        m.setattr(captcha.train, "train_one_epoch", killed)
+        with pytest.raises(KeyboardInterrupt):
+            fit(TrainConfig(out=str(cut), **base), **QUIET)
+    assert cut.is_dir() and not (cut / "last.pt").exists()
+    with pytest.raises(FileNotFoundError, match=f"--resume: no {cut / 'last.pt'} to continue"):
+        fit(TrainConfig(out=str(cut), resume=True, **base), **QUIET)
+    assert not (tmp_path / "cut.previous").exists() and cut.is_dir()  # nothing moved, nothing trained
+    typo = tmp_path / "tpyo"
+    assert main(["train", "--resume", "--out", str(typo), "--data", str(easy_data), "--epochs", "1", "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert f"no {typo / 'last.pt'} to continue" in err and "check --out, or start the run without --resume" in err
+    assert not typo.exists()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from captcha.constants import IMAGE_EXTENSIONS
-from captcha.data import DataError, Sample, load_images
+from captcha.data import DataError, Sample, image_files, load_images
 from captcha.imageio import list_images
 from captcha.preprocess import resize
 
@@ -177,13 +177,14 @@ def _class_folders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _scan_tree(folder: Path, class_names: list[str]) -> list[Sample]:
+def _scan_tree(root: Path, folder: Path, class_names: list[str], problems: list[tuple[str, str]]) -> list[Sample]:
+    """The images under each class folder of `folder`; files that lie outside `root` (through a
+    symbolic link) or are not readable files go to `problems`."""
     samples = []
     for name in class_names:
         sub = folder / name
         if sub.is_dir():
-            files = list_images(sub, recursive=True)
-            samples += [Sample(p, name) for p in files]
+            samples += [Sample(p, name) for p in image_files(sub, problems, root=root, recursive=True)]
     return samples
 
 
@@ -220,8 +221,9 @@ def load_image_folder(
     class_names = _class_folders(root / "train" if has_splits else root)
     if not class_names:
         raise FileNotFoundError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
+    problems: list[tuple[str, str]] = []  # every bad file of every split, reported together
     if has_splits:
-        per_split = {s: _scan_tree(root / s, class_names) if (root / s).is_dir() else [] for s in SPLITS}
+        per_split = {s: _scan_tree(root, root / s, class_names, problems) if (root / s).is_dir() else [] for s in SPLITS}
         for s in ("val", "test"):
             if (root / s).is_dir():
                 extra = sorted(set(_class_folders(root / s)) - set(class_names))
@@ -232,20 +234,21 @@ def load_image_folder(
             train_idx, val_idx = _split_pool(len(pool), split, seed)
             per_split["train"], per_split["val"] = [pool[i] for i in train_idx], [pool[i] for i in val_idx]
     else:
-        pool = _scan_tree(root, class_names)
+        pool = _scan_tree(root, root, class_names, problems)
         train_idx, val_idx = _split_pool(len(pool), split, seed)
         per_split = {"train": [pool[i] for i in train_idx], "val": [pool[i] for i in val_idx], "test": []}
+    if not per_split["train"] and problems:
+        raise DataError(sorted(problems), f"bad data in {root}", hint=NO_SKIP_HINT)
     if not per_split["train"]:
         raise FileNotFoundError(f"{root}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
     base = root / "train" if has_splits else root
     empty = [c for c in class_names if not list_images(base / c, recursive=True)]
     if empty:  # a class without a training image would be an output nothing ever trains
         raise DataError([(str(base / c), "class folder without images") for c in empty], f"bad data in {root}", hint=NO_SKIP_HINT)
-    problems: list[tuple[str, str]] = []
     sizes = {"train": train_size or size, "val": size, "test": size}
     splits = {s: _encode(per_split[s], class_names, sizes[s], channels, cache_dir, problems) for s in SPLITS}
     if problems:
-        raise DataError(sorted(problems), f"unreadable images in {root}", hint=NO_SKIP_HINT)
+        raise DataError(sorted(problems), f"bad or unreadable images in {root}", hint=NO_SKIP_HINT)
     return ClassData(class_names, splits, "imagefolder")
 
 

@@ -2,8 +2,7 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -123,7 +122,7 @@ class ModelInfo(_message.Message):
     max_batch_size: int
     provider: str
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., head: _Optional[str] = ..., alphabet: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., length: _Optional[int] = ..., input_size: _Optional[_Iterable[int]] = ..., channels: _Optional[int] = ..., preprocess: _Optional[str] = ..., architecture: _Optional[str] = ..., captchakit_version: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., provider: _Optional[str] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., head: _Optional[str] = ..., alphabet: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., length: _Optional[int] = ..., input_size: _Optional[_Iterable[int]] = ..., channels: _Optional[int] = ..., preprocess: _Optional[str] = ..., architecture: _Optional[str] = ..., captchakit_version: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., provider: _Optional[str] = ..., is_default: bool = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
