@@ -49,7 +49,7 @@ def command(row: str, epochs: int, args: argparse.Namespace, data: Path, cache: 
     common = ["--data", str(data), "--cache-dir", cache, "--device", args.device, "--epochs", str(epochs)]
     if row == "naive":
         return [sys.executable, str(ROOT / "benchmarks" / "naive_train.py"), *common]
-    train = [sys.executable, "-m", "captcha.cli", "train", *common, "--out", str(out)]
+    train = [sys.executable, "-m", "captcha", "train", *common, "--out", str(out)]
     if row == "course":
         return train + ["--model", "resnet18_mod", "--preprocess", "denoise", "--init", "none"]
     return train
@@ -60,7 +60,7 @@ def run_row(row: str, epochs: int, args: argparse.Namespace, data: Path, cache: 
     started = time.perf_counter()
     done = subprocess.run(command(row, epochs, args, data, cache, out), cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started
-    if done.returncode:
+    if done.returncode or (row != "naive" and not (out / "metrics.json").exists()):
         sys.exit(f"{row} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     if row == "naive":
         result = json.loads(done.stdout.strip().splitlines()[-1])
