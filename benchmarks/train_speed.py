@@ -1,74 +1,115 @@
-"""Training speed of the default recipe: seconds per epoch and for 25 epochs, with accuracy.
+"""Training speed against a naive PyTorch loop on the same data, accuracy beside every time.
 
-    python benchmarks/train_speed.py [--epochs 25] [--device auto]
+    python benchmarks/train_speed.py [--device auto] [--rows naive course default] [--repeat 2]
+                                     [--data DIR] [--epochs N]
 
-Runs `captcha train` configurations on the built-in generated set (4000 train / 1000 val /
-3000 test, 50x130) and prints a Markdown table naming the machine. Also measures dataset
-loading cold (decode + preprocess) and warm (from the on-disk cache).
+Each row is a whole process, run in turn on the same prepared data (decoded once first, so every
+row reads the warm cache), `--repeat` times interleaved:
+
+- naive:   `benchmarks/naive_train.py`, a plain loop (resnet18_mod, pooled heads, batch 64, fp32,
+           Adam, tensors on the device, no augmentation, no validation), the reference;
+- course:  `captcha train --model resnet18_mod --preprocess denoise --epochs 25 --init none`;
+- default: `captcha train` (the default recipe, validation every epoch included).
+
+Prints a Markdown table naming the machine: wall seconds of the whole process, training seconds
+(the log's Elapsed, validation included), the first epoch, the ratio to the naive loop's training
+seconds in the same round, and test whole-string accuracy. `--epochs` overrides every row's
+epochs (a quick check, e.g. `--device cpu --epochs 1`).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _machine import describe  # noqa: E402
 
 from captcha.recognition_data import default_data_dir, prepare_data  # noqa: E402
-from captcha.train import TrainConfig, fit  # noqa: E402
+from captcha.train_config import TrainConfig  # noqa: E402
 
-CONFIGS = [
-    ("resnet18_mod, attention head", dict()),
-    ("resnet18_mod, attention head, NCHW layout", dict(channels_last=False)),
-    ("resnet18_mod, fixed heads (course)", dict(head="fixed")),
-    ("resnet18_mod, attention head, batch 128, lr 4e-3", dict(batch_size=128, lr=4e-3)),
-    ("sepnet (the default model), attention head", dict(model="sepnet")),
-    ("sepnet, validation in passes of 512 images (as before `eval_batch`)", dict(model="sepnet", eval_batch_size=512)),
-]
+ROWS = {
+    "naive": ("naive loop: resnet18_mod, pooled heads, batch 64, fp32, no augmentation", 25),
+    "course": ("captcha train --model resnet18_mod --preprocess denoise --epochs 25 --init none", 25),
+    "default": ("captcha train (default recipe: sepnet, 60 epochs)", 60),
+}
+
+
+def command(row: str, epochs: int, args: argparse.Namespace, data: Path, cache: str, out: Path) -> list[str]:
+    common = ["--data", str(data), "--cache-dir", cache, "--device", args.device, "--epochs", str(epochs)]
+    if row == "naive":
+        return [sys.executable, str(ROOT / "benchmarks" / "naive_train.py"), *common]
+    train = [sys.executable, "-m", "captcha", "train", *common, "--out", str(out)]
+    if row == "course":
+        return train + ["--model", "resnet18_mod", "--preprocess", "denoise", "--init", "none"]
+    return train
+
+
+def run_row(row: str, epochs: int, args: argparse.Namespace, data: Path, cache: str, out: Path) -> dict:
+    """One whole process; its wall time, and the figures it reported."""
+    started = time.perf_counter()
+    done = subprocess.run(command(row, epochs, args, data, cache, out), cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode or (row != "naive" and not (out / "metrics.json").exists()):
+        sys.exit(f"{row} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    if row == "naive":
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        return {"wall": wall, "train": result["train_seconds"], "first": result["first_epoch_seconds"], "test": result["test_whole_string"]}
+    metrics = json.loads((out / "metrics.json").read_text())
+    with open(out / "metrics.csv", newline="") as f:
+        first = next(float(r["elapsed_s"]) for r in csv.DictReader(f) if r["phase"] == "val")
+    return {"wall": wall, "train": metrics["train_seconds"], "first": first, "test": metrics["test"]["sequence_accuracy"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--only", type=int, nargs="*", help="indices of CONFIGS to run")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=["naive", "course"])
+    parser.add_argument("--repeat", type=int, default=2, help="rounds; the rows run interleaved in each")
+    parser.add_argument("--data", help="labeled folder with train/val/test (default: the built-in generated set)")
+    parser.add_argument("--epochs", type=int, help="override every row's epochs (a quick check)")
     args = parser.parse_args()
-    if args.only is not None and (not args.only or not all(0 <= i < len(CONFIGS) for i in args.only)):
-        parser.error(f"--only takes indices from 0 to {len(CONFIGS) - 1}: " + "; ".join(f"{i}: {name}" for i, (name, _) in enumerate(CONFIGS)))
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = default_data_dir()
-        # the issue's speed target: the course model and preprocessor, from scratch
-        base = TrainConfig(data=str(data), model="resnet18_mod", epochs=args.epochs, device=args.device, cache_dir=tmp,
-                           preprocess="denoise", init="none")
-        started = time.perf_counter()
-        prepare_data(base, data)
-        cold = time.perf_counter() - started
-        started = time.perf_counter()
-        prepare_data(base, data)
-        warm = time.perf_counter() - started
+        cache = f"{tmp}/cache"
+        data = Path(args.data) if args.data else default_data_dir()
+        for preprocess in sorted({"denoise", TrainConfig().preprocess}):  # fill the cache: every row then reads it warm
+            started = time.perf_counter()
+            prepare_data(TrainConfig(data=str(data), preprocess=preprocess, cache_dir=cache), data)
+            print(f"decoded {data} with {preprocess} in {time.perf_counter() - started:.1f} s (cold cache)", file=sys.stderr)
+        results: dict[str, list[dict]] = {row: [] for row in args.rows}
+        for round_ in range(args.repeat):
+            for row in args.rows:
+                epochs = args.epochs or ROWS[row][1]
+                result = run_row(row, epochs, args, data, cache, Path(tmp) / f"{row}-{round_}")
+                results[row].append(result)
+                print(f"round {round_ + 1}: {row} {result}", file=sys.stderr)
 
-        rows = []
-        for i, (name, overrides) in enumerate(CONFIGS):
-            if args.only is not None and i not in args.only:
-                continue
-            config = TrainConfig(**{**base.__dict__, **overrides, "out": f"{tmp}/run{i}"})
-            result = fit(config, log=lambda s: None)
-            rows.append((name, result.parameters, result.train_seconds / args.epochs, result.train_seconds, result.test))
-            print(f"done: {name}", file=sys.stderr)
-
-    print(f"\nMachine: {describe()}; device {args.device}; preprocess denoise; {args.epochs} epochs of 4000 images (val every epoch)\n")
-    print(f"Dataset load (8000 images, decode + denoise): cold {cold:.1f} s, warm (cache) {warm:.2f} s\n")
-    print("| configuration | params | s/epoch | total (train + val) | test per-char (mean) | test whole-string |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, params, per_epoch, total, test in rows:
-        per_char = sum(test["per_char_accuracy"]) / len(test["per_char_accuracy"])
-        print(f"| {name} | {params:,} | {per_epoch:.2f} | {total:.0f} s | {per_char * 100:.2f}% | {test['sequence_accuracy'] * 100:.2f}% |")
+    print(f"\nMachine: {describe()}; --device {args.device}; data {data}; {args.repeat} interleaved rounds\n")
+    print("| row | epochs | wall, whole process (s) | training (s) | first epoch (s) | training / naive | test whole-string |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    naive = results.get("naive")
+    for row, runs in results.items():
+        epochs = args.epochs or ROWS[row][1]
+        ratio = "" if not naive or row == "naive" else " / ".join(f"{r['train'] / n['train']:.2f}" for r, n in zip(runs, naive))
+        cells = [" / ".join(f"{r[key]:.1f}" for r in runs) for key in ("wall", "train", "first")]
+        tests = " / ".join(f"{r['test'] * 100:.1f}%" for r in runs)
+        print(f"| {ROWS[row][0]} | {epochs} | {' | '.join(cells)} | {ratio} | {tests} |")
+    if naive and len(args.rows) > 1:
+        print("\nEach cell lists the rounds in order; training / naive pairs each run with the naive loop of its own round.")
+        for row, runs in results.items():
+            if row != "naive":
+                print(f"median training / naive, {row}: {statistics.median(r['train'] / n['train'] for r, n in zip(runs, naive)):.2f}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from captcha.models import AttentionHeads, CTCHead, count_parameters, create_mod
 from captcha.preprocess import get_preprocessor
 from captcha.pseudo_labels import PseudoLabelPool
 from captcha.recognition_data import PreparedData, default_data_dir, load_unlabeled, prepare_data
-from captcha.runtime import encode_labels, normalize_batch
+from captcha.runtime import encode_labels, fast_optimizer, normalize_batch
 from captcha.tasks import LabeledImages, PreparedRun, RunOptions, Stage, score_split
 from captcha.train_config import TrainConfig
 
@@ -63,10 +63,10 @@ def log_line(epoch: int, epochs: int, phase: str, stats: EpochStats, elapsed: fl
 
 def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True)
+        return fast_optimizer(torch.optim.SGD, params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return fast_optimizer(torch.optim.Adam, params, lr=config.lr, weight_decay=config.weight_decay)
+    return fast_optimizer(torch.optim.AdamW, params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):

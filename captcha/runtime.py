@@ -34,6 +34,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def bf16_pays(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds training on `device`: on CUDA, and on a CPU with native bf16
+    arithmetic (AVX512-BF16 or AMX), where oneDNN runs convolutions in it; elsewhere bf16 is
+    emulated and slower than float32."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    native = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in native)
+
+
+def fast_optimizer(kind: type[torch.optim.Optimizer], params: list[torch.nn.Parameter], **settings) -> torch.optim.Optimizer:
+    """An optimizer of class `kind` whose step is one fused kernel where torch has one for these
+    parameters (no per-parameter host work, no read of the step count), else the multi-tensor
+    (foreach) form; never the per-parameter loop, which reads every parameter's step count."""
+    try:
+        return kind(params, **settings, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device or dtype without the fused kernel
+        return kind(params, **settings, foreach=True)
+
+
 def normalize_batch(x: torch.Tensor, mean: float = NORM_MEAN, std: float = NORM_STD) -> torch.Tensor:
     """uint8 batch -> float, the same arithmetic as `captcha.preprocess.normalize`."""
     return (x.float() * (1.0 / 255.0) - mean) / std

@@ -31,6 +31,7 @@ class RunOptions:
     ema: float = 0.0
     amp: bool = True
     channels_last: bool = True
+    compile: bool = False
     resume: bool = False
     augment_views: int = 1
     eval_batch_size: int | None = None

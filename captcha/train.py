@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,14 +27,17 @@ from tqdm import tqdm
 from captcha import checkpoint as ckpt
 from captcha import distributed as dist
 from captcha.distill import distillation_loss
+from captcha.ema import DeviceEMA
 from captcha.models import set_backbone_trainable
 from captcha.recognition import RecognitionTask
-from captcha.runtime import loss_fn, resolve_device
+from captcha.runtime import bf16_pays, loss_fn, resolve_device
 from captcha.tasks import LabeledImages, PreparedRun, Scores, Stage, Task, score_split
 from captcha.tensorboard_log import TensorBoardLog
 from captcha.train_config import TrainConfig
 
 Log = Callable[[str], None]
+
+STEP_MARK = "captcha.train_step"  # the profiler's name for one optimizer step (benchmarks/step_profile.py)
 
 
 @dataclass
@@ -57,7 +61,7 @@ class Run:
     run_dir: Path
     stages: list[Stage]
     generator: torch.Generator
-    ema: torch.optim.swa_utils.AveragedModel | None = None
+    ema: DeviceEMA | None = None
     stage_index: int = -1  # the stage the optimizer below belongs to
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
@@ -116,8 +120,7 @@ def _set_up(task: Task, log: Log) -> tuple[Run, dict | None]:
     # (`dist.shard`); per-rank seeds drew different permutations, so shares overlapped.
     run = Run(task, data, device, run_dir, task.stages(), torch.Generator().manual_seed(task.options.seed))
     if task.options.ema:
-        ema_fn = torch.optim.swa_utils.get_ema_multi_avg_fn(task.options.ema)
-        run.ema = torch.optim.swa_utils.AveragedModel(data.model, multi_avg_fn=ema_fn, use_buffers=True)
+        run.ema = DeviceEMA(data.model, task.options.ema)
     return run, saved
 
 
@@ -191,12 +194,34 @@ def enter_stage(run: Run, epoch: int) -> Stage:
     stage = run.stages[index]
     if index != run.stage_index:
         set_backbone_trainable(run.model, not stage.freeze_backbone)
-        run.stepped = dist.wrap_model(run.model, run.device)
+        run.stepped = _compiled(dist.wrap_model(run.model, run.device), run.options.compile)
         run.optimizer = stage.optimizer([p for p in run.model.parameters() if p.requires_grad])
         steps = math.ceil(math.ceil(len(run.data.train) / dist.world_size()) / run.options.batch_size)
         run.scheduler = stage.scheduler(run.optimizer, steps)
         run.stage_index = index
     return stage
+
+
+def _compiled(model: nn.Module, wanted: bool) -> nn.Module:
+    """`model` compiled by torch.compile when `wanted` and this torch can (else `model` itself);
+    a compiled model that fails at its first step falls back in `_forward`."""
+    if not wanted or not hasattr(torch, "compile"):
+        return model
+    return torch.compile(model, dynamic=False)
+
+
+def _forward(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """The training model's logits; a compiled model that cannot compile is replaced by the
+    plain one, with one warning, and training goes on."""
+    try:
+        return run.stepped(x)
+    except Exception as exc:  # noqa: BLE001 - torch.compile raises many kinds (backend, dynamo, C++ toolchain)
+        plain = getattr(run.stepped, "_orig_mod", None)
+        if plain is None:
+            raise
+        warnings.warn(f"--compile: the model did not compile ({type(exc).__name__}: {str(exc)[:200]}); training without it")
+        run.stepped = plain
+        return run.stepped(x)
 
 
 def _train_epochs(run: Run, on_epoch_end: Callable[[int, dict], None] | None, log: Log) -> None:
@@ -262,7 +287,10 @@ def train_one_epoch(run: Run, stage: Stage, progress_desc: str = "") -> Scores:
     """One pass over the training images; with an extra pool (pseudo-labeled images), every batch
     also gets as many images drawn at random from it; with `augment_views` above 1, each image is
     read in that many independently augmented copies in the same step; with a teacher, the loss
-    mixes in distillation from its logits on the same augmented batch."""
+    mixes in distillation from its logits on the same augmented batch.
+
+    The steps never wait for the device: the loss and the logits stay there and are read once,
+    at the end of the epoch, so a GPU queues step after step."""
     task, options, split, model = run.task, run.options, run.data.train, run.stepped
     model.train()
     if stage.freeze_backbone:
@@ -270,25 +298,34 @@ def train_one_epoch(run: Run, stage: Stage, progress_desc: str = "") -> Scores:
     pool = run.data.extra.batch_pool() if run.data.extra is not None else None
     n = len(split)
     order = dist.shard(torch.randperm(n, generator=run.generator), n)
-    loss_sum, read = 0.0, []
+    on_images = order.to(split.images.device)
+    loss_sum = torch.zeros((), device=run.device)
+    read = []
     bar = tqdm(total=math.ceil(len(order) / options.batch_size), desc=progress_desc, unit="step", leave=False,
                disable=None if dist.is_main() else True)  # None: drawn on a terminal only
     for start in range(0, len(order), options.batch_size):
         idx = order[start : start + options.batch_size]
-        logits, loss = _step(run, split, idx, pool)
-        loss_sum += loss.item() * len(idx)
-        read.append(logits.detach().float().cpu())
+        logits, loss = _step(run, split, idx, on_images[start : start + options.batch_size], pool)
+        loss_sum += loss.detach() * len(idx)
+        read.append(logits.detach())
         bar.update()
-        if not bar.disable:
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     bar.close()
-    return task.train_scores(loss_sum, torch.cat(read) if read else torch.zeros(0), split, order)
+    logits = torch.cat(read).float().cpu() if read else torch.zeros(0)
+    return task.train_scores(loss_sum.item(), logits, split, order)
 
 
-def _step(run: Run, split: LabeledImages, idx: torch.Tensor, pool: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on the images `idx`; returns the logits of those images and the loss."""
+def _step(run: Run, split: LabeledImages, idx: torch.Tensor, on_images: torch.Tensor,
+          pool: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on the images `idx` (`on_images`: the same indices where the images are);
+    returns the logits of those images and the loss, both left on the device."""
+    with torch.profiler.record_function(STEP_MARK):
+        return _step_work(run, split, idx, on_images, pool)
+
+
+def _step_work(run: Run, split: LabeledImages, idx: torch.Tensor, on_images: torch.Tensor,
+               pool: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
     options, device, teacher = run.options, run.device, run.data.teacher
-    batch, y = split.images[idx.to(split.images.device)], split.targets[idx]
+    batch, y = split.images[on_images], split.targets[idx]
     if pool is not None and len(pool[0]):
         extra = torch.randint(len(pool[0]), (len(idx),), generator=run.generator)
         batch = torch.cat([batch, pool[0][extra.to(pool[0].device)]])
@@ -299,8 +336,8 @@ def _step(run: Run, split: LabeledImages, idx: torch.Tensor, pool: tuple[torch.T
     if options.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = y.to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp and device.type == "cuda"):
-        logits = run.stepped(x)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp and bf16_pays(device)):
+        logits = _forward(run, x)
         if teacher is not None:
             with torch.no_grad():
                 teacher_logits = teacher(x)

@@ -66,7 +66,9 @@ class TrainConfig:
                                          cli=False)
     resume: bool = option(False, "continue an interrupted run from OUT/last.pt")
     channels_last: bool = option(True, "NHWC memory layout, which convolves faster on CPU and GPU", shown="on")
-    amp: bool = option(True, "bf16 autocast when training on CUDA (ignored on CPU)", cli=False)
+    compile: bool = option(False, "compile the training model with torch.compile (fixed shapes); a model that does not compile "
+                           "trains as it is, with one warning. Off by default: on a CPU it did not pay (docs/training-speed.md)")
+    amp: bool = option(True, "bf16 autocast in training steps on CUDA and on CPUs with native bf16 (captcha.runtime.bf16_pays)", cli=False)
     unlabeled: str | None = option(None, "folder of unlabeled images of the same style: pseudo-labeled during training "
                                    "(from a third of the epochs on) and added to every batch")
     pseudo_threshold: float = option(0.95, "use a pseudo-label only when every character's probability reaches this; "

@@ -63,8 +63,9 @@ def _describe(parser: argparse.ArgumentParser) -> dict[str, dict]:
     return out
 
 
-# Flags added since the flags were generated from the dataclasses: classifiers resume and keep an EMA.
-NEW_FLAGS = {"classify train": {"--resume", "--ema"}}
+# Flags added since the flags were generated from the dataclasses: classifiers resume and keep an EMA;
+# --compile: training steps compiled with torch.compile (issue #36).
+NEW_FLAGS = {"classify train": {"--resume", "--ema"}, "train": {"--compile"}, "sweep": {"--compile"}}
 
 
 @pytest.mark.parametrize("verb", ["train", "sweep", "pretrain", "classify train", "classify sweep"])

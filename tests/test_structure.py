@@ -24,7 +24,7 @@ UTILITIES, DATA, RUNTIME, TRAINING, TOP = range(5)
 LAYERS = {
     "captcha": UTILITIES, "captcha.constants": UTILITIES, "captcha.alphabet": UTILITIES, "captcha.imageio": UTILITIES,
     "captcha.decoding": UTILITIES, "captcha.metrics": UTILITIES, "captcha.plots": UTILITIES, "captcha.tensorboard_log": UTILITIES,
-    "captcha.distributed": UTILITIES, "captcha.tta": UTILITIES, "captcha.augment": UTILITIES, "captcha.options": UTILITIES,
+    "captcha.distributed": UTILITIES, "captcha.ema": UTILITIES, "captcha.tta": UTILITIES, "captcha.augment": UTILITIES, "captcha.options": UTILITIES,
     "captcha.parallel": UTILITIES,
     "captcha.fonts": DATA, "captcha.font_packages": DATA, "captcha.generate": DATA, "captcha.synth_stream": DATA, "captcha.preprocess": DATA, "captcha.data": DATA, "captcha.recognition_data": DATA,
     "captcha.models": DATA, "captcha.models._heads": DATA, "captcha.models._registry": DATA, "captcha.models.cnn": DATA,

@@ -26,7 +26,7 @@ from captcha.classify.recipes import Recipe, Stage as RecipeStage, describe, rec
 from captcha.metrics import classification_metrics, topk_accuracy
 from captcha.models import create_model
 from captcha.models.classifiers import META_MEAN, META_STD, load_pretrained
-from captcha.runtime import normalize_batch
+from captcha.runtime import fast_optimizer, normalize_batch
 from captcha.tasks import LabeledImages, PreparedRun, RunOptions, Stage
 from captcha.train import RunResult, fit
 
@@ -111,9 +111,9 @@ def _lr_lambda(stage: RecipeStage, steps_per_epoch: int) -> Callable[[int], floa
 
 def _optimizer(stage: RecipeStage, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     if stage.optimizer == "adam":
-        return torch.optim.Adam(params, lr=stage.lr, weight_decay=stage.weight_decay)
+        return fast_optimizer(torch.optim.Adam, params, lr=stage.lr, weight_decay=stage.weight_decay)
     if stage.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
+        return fast_optimizer(torch.optim.SGD, params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
     raise ValueError(f"unknown optimizer {stage.optimizer!r}; choose from adam, sgd")
 
 

@@ -1,0 +1,86 @@
+"""What makes training fast without changing what it computes (issue #36): no host read of a
+tensor inside a training step, an EMA that keeps torch's numbers, --compile that falls back."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from captcha.ema import DeviceEMA
+
+
+def test_a_training_step_reads_no_tensor_value_on_the_host(tiny_data, tmp_path, benchmark_script):
+    """Outside the optimizer (whose fused CPU kernel reads its step count on the host; the CUDA
+    one reads it on the device), a step never waits for a tensor's value, EMA included."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from captcha.train import TrainConfig, fit
+
+    step_profile = benchmark_script("step_profile")
+    config = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), model="resnet18_mod", epochs=1, batch_size=16,
+                         init="none", device="cpu", cache_dir=str(tmp_path / "cache"), ema=0.99)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fit(config, log=lambda s: None)
+    steps, inside, waits = step_profile.step_ops(prof)
+    assert steps == 8  # 120 images in steps of 16
+    assert waits["elsewhere"] == 0, {k: v for k, v in inside.items() if k in step_profile.SYNC_OPS}
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+def test_the_ema_averages_as_torchs_averaged_model_and_saves_the_same_state():
+    model = _net()
+    ours = DeviceEMA(model, 0.9)
+    theirs = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9), use_buffers=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(5):
+        model(torch.randn(8, 1, 8, 8)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        ours.update_parameters(model)
+        theirs.update_parameters(model)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    restored = DeviceEMA(_net(), 0.9)
+    restored.load_state_dict(a)
+    assert restored.updates == 5  # a resumed run goes on averaging, not copying
+
+
+def test_compile_that_fails_falls_back_to_the_plain_model_with_one_warning(tiny_data, tmp_path, monkeypatch):
+    from captcha import train
+
+    class Broken(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self._orig_mod = model
+
+        def forward(self, x):
+            raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: Broken(model))
+    config = train.TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), model="resnet18_mod", epochs=1, init="none",
+                               device="cpu", cache_dir=str(tmp_path / "cache"), compile=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train.fit(config, log=lambda s: None)
+    assert result.val is not None
+    messages = [str(w.message) for w in caught if "--compile" in str(w.message)]
+    assert len(messages) == 1 and "no C++ compiler" in messages[0]
+
+
+@pytest.mark.parametrize("native, expected", [(True, True), (False, False)])
+def test_bf16_autocast_only_where_the_cpu_has_bf16_arithmetic(monkeypatch, native, expected):
+    from captcha.runtime import bf16_pays
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert bf16_pays(torch.device("cpu")) is expected
+    assert bf16_pays(torch.device("cuda")) is True
