@@ -16,6 +16,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 CODE_SPAN = re.compile(r"`[^`\n]*`")
+HTML_SRC = re.compile(r"<(?:img|a)\s[^>]*?(?:src|href)=\"([^\"]+)\"", re.I)
 
 
 def _text_without_code(markdown: str) -> str:
@@ -39,7 +40,8 @@ def heading_ids(markdown: str) -> set[str]:
 
 
 def links(page: Path) -> list[str]:
-    return LINK.findall(_text_without_code(page.read_text(encoding="utf-8")))
+    text = _text_without_code(page.read_text(encoding="utf-8"))
+    return LINK.findall(text) + HTML_SRC.findall(text)
 
 
 def _local(target: str) -> bool:
@@ -60,6 +62,8 @@ def test_relative_links_resolve(page: Path) -> None:
 
 
 def test_the_checker_sees_links_and_headings() -> None:
-    page = "# Top\n## A `flag` (and more)\n## A `flag` (and more)\nSee [x](docs/a.md#b) and ![i](p.png).\n`[no](c.md)`\n"
+    page = ('# Top\n## A `flag` (and more)\n## A `flag` (and more)\nSee [x](docs/a.md#b) and ![i](p.png).\n'
+            '`[no](c.md)`\n<img src="q.png" width="9">\n')
     assert heading_ids(page) == {"top", "a-flag-and-more", "a-flag-and-more-1"}
-    assert LINK.findall(_text_without_code(page)) == ["docs/a.md#b", "p.png"]
+    text = _text_without_code(page)
+    assert LINK.findall(text) + HTML_SRC.findall(text) == ["docs/a.md#b", "p.png", "q.png"]
