@@ -386,3 +386,7 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+if __name__ == "__main__":  # python -m captcha.cli works as python -m captcha does
+    sys.exit(main())

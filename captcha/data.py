@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from captcha.alphabet import Alphabet
 from captcha.imageio import ImageDecodeError, decode_image, file_problem, list_images
@@ -375,7 +376,8 @@ def load_images(
             return exc.reason
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        results = list(pool.map(work, range(len(samples))))
+        results = list(tqdm(pool.map(work, range(len(samples))), total=len(samples), desc="decoding", unit="image", leave=False,
+                            disable=None))  # None: drawn on a terminal only
     kept_images, kept_samples = [], []
     for sample, result in zip(samples, results):
         if isinstance(result, str):
