@@ -23,15 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from captcha import pretrained
+from captcha.alphabet import Alphabet
 from captcha.augment import AUGMENT_LEVELS
 from captcha.checkpoint import BEST
 from captcha.constants import DEFAULT_LENGTH
-from captcha.generate import FONT_FILE_SHARE
+from captcha.data import Dataset
+from captcha.generate import FONT_FILE_SHARE, MIX, GeneratorConfig, generate_dataset
 from captcha.models import HEAD_TYPES, list_models, shipped_weights
 from captcha.options import add_options, given_values, option
 from captcha.preprocess import list_preprocessors
+from captcha.recognition import RecognitionTask
+from captcha.recognition_data import PreparedData
 from captcha.runtime import DEVICES
+from captcha.synth_stream import stream_batches
 
 
 @dataclass
@@ -57,6 +64,9 @@ class PretrainConfig:
     init: str = option(pretrained.SCRATCH, "none (random) | pretrained (continue from the shipped weights) | a checkpoint")
     fonts: tuple[str, ...] = option((), "TrueType/OpenType files or folders (e.g. /usr/share/fonts): "
                                     f"{FONT_FILE_SHARE:.0%} of the images also write in these", metavar="PATH")
+    stream: bool = option(False, "draw --images new images for every epoch while training, in --workers processes, instead "
+                          "of one set on disk: --images x --epochs different images seen, none written")
+    workers: int = option(0, "processes drawing the streamed images (0: one per core)")
 
 
 def _font_files(config: PretrainConfig, log: Callable[[str], None]) -> tuple[tuple[str, ...], str]:
@@ -71,33 +81,19 @@ def _font_files(config: PretrainConfig, log: Callable[[str], None]) -> tuple[tup
 
 
 def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path:
-    """Generate the synthetic set (once), train on it, write the compact weights; returns their path."""
-    from captcha.generate import MIX, GeneratorConfig, generate_dataset
-    from captcha.train import TrainConfig, fit
+    """Train on synthetic CAPTCHAs (a set drawn once on disk, or a stream), write the compact
+    weights; returns their path."""
+    from captcha.train import fit
 
-    work = Path(config.work_dir)
     fonts, fonts_tag = _font_files(config, log)
-    data = work / f"data-{config.images}-{config.val_images}-seed{config.seed}{fonts_tag}"
-    marker = data / ".complete"
-    if not marker.exists():
-        log(f"Drawing {config.images} + {config.val_images} pre-training CAPTCHAs ({MIX} style, "
-            f"{len(pretrained.PRETRAIN_ALPHABET)} symbols{f', {len(fonts)} font files' if fonts else ''}) in {data} ...")
-        generate_dataset(data, GeneratorConfig(
-            alphabet=pretrained.PRETRAIN_ALPHABET, length=DEFAULT_LENGTH, styles=(MIX,), seed=config.seed,
-            splits={"train": config.images, "val": config.val_images}, fonts=fonts,
-        ))
-        if fonts:
-            (data / "fonts.txt").write_text("".join(f"{f}\n" for f in fonts))
-        marker.write_text("ok\n")
-    train_config = TrainConfig(
-        data=str(data), out=str(work / f"run-{config.model}-{config.preprocess}-{config.head}"),
-        model=config.model, preprocess=config.preprocess, head=config.head, epochs=config.epochs,
-        batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay, augment=config.augment, seed=config.seed,
-        device=config.device, alphabet=pretrained.PRETRAIN_ALPHABET, init=config.init, resume=config.resume,
-        label_smoothing=0.0,  # the shipped weights were made without it: the documented command regenerates them
-        tta=1,  # the compact weights carry no views; the synthetic val score is one view's
-    )
-    result = fit(train_config, log=log)
+    drawn = GeneratorConfig(alphabet=pretrained.PRETRAIN_ALPHABET, length=DEFAULT_LENGTH, styles=(MIX,), seed=config.seed,
+                            splits={"train": config.images, "val": config.val_images}, fonts=fonts)
+    if config.stream:
+        log(f"Streaming {config.images} new pre-training CAPTCHAs an epoch ({MIX} style, {len(drawn.alphabet)} symbols"
+            f"{f', {len(fonts)} font files' if fonts else ''}): {config.images * config.epochs:,} images over the run")
+        result = fit(StreamedTask(_train_config(config, None), drawn, config.workers), log=log)
+    else:
+        result = fit(_train_config(config, str(_drawn_set(config, drawn, fonts_tag, log))), log=log)
     out = Path(config.out) if config.out else pretrained.WEIGHTS_DIR / pretrained.weights_name(config.model, config.preprocess, config.head)
     pretrained.save_compact(result.run_dir / BEST, out)
     log(f"Wrote pre-trained weights ({out.stat().st_size / 1024:.0f} KiB, val whole-string "
@@ -107,6 +103,67 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path
         log(f"`captcha train --init pretrained` starts from it once it is declared where {config.model} is registered: "
             f"weights=(ShippedWeights({out.name!r}, preprocess={config.preprocess!r}, head={config.head!r}),)")
     return out
+
+
+def _drawn_set(config: PretrainConfig, drawn: GeneratorConfig, fonts_tag: str, log: Callable[[str], None]) -> Path:
+    """The synthetic set on disk in the work folder, drawn the first time."""
+    data = Path(config.work_dir) / f"data-{config.images}-{config.val_images}-seed{config.seed}{fonts_tag}"
+    marker = data / ".complete"
+    if not marker.exists():
+        log(f"Drawing {config.images} + {config.val_images} pre-training CAPTCHAs ({MIX} style, "
+            f"{len(drawn.alphabet)} symbols{f', {len(drawn.fonts)} font files' if drawn.fonts else ''}) in {data} ...")
+        generate_dataset(data, drawn, workers=config.workers)
+        if drawn.fonts:
+            (data / "fonts.txt").write_text("".join(f"{f}\n" for f in drawn.fonts))
+        marker.write_text("ok\n")
+    return data
+
+
+def _train_config(config: PretrainConfig, data: str | None):
+    from captcha.train import TrainConfig
+
+    stream_tag = "-stream" if config.stream else ""
+    return TrainConfig(
+        data=data, out=str(Path(config.work_dir) / f"run-{config.model}-{config.preprocess}-{config.head}{stream_tag}"),
+        model=config.model, preprocess=config.preprocess, head=config.head, epochs=config.epochs,
+        batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay, augment=config.augment, seed=config.seed,
+        device=config.device, alphabet=pretrained.PRETRAIN_ALPHABET, init=config.init, resume=config.resume,
+        label_smoothing=0.0,  # the shipped weights were made without it: the documented command regenerates them
+        tta=1,  # the compact weights carry no views; the synthetic val score is one view's
+    )
+
+
+class StreamedTask(RecognitionTask):
+    """Recognition on images drawn while training goes: epoch e reads images (e-1)*n .. e*n-1 of
+    the generator's train stream (n = its train split), validation the first images of its val
+    stream, drawn once. The stream is deterministic, so a resumed run reads the images the
+    interrupted one would have."""
+
+    def __init__(self, config, drawn: GeneratorConfig, workers: int, given: set[str] | None = None):
+        super().__init__(config, given)
+        self.drawn, self.workers = drawn, workers
+
+    def resumed(self, saved: dict):
+        task, ignored = super().resumed(saved)
+        return StreamedTask(task.config, self.drawn, self.workers, self.given), ignored
+
+    def read_data(self) -> tuple[PreparedData, str]:
+        splits = {"train": self._draw(0, 0), "val": self._draw(1, 0)}
+        return PreparedData(Alphabet(self.drawn.alphabet), self.drawn.length, splits), f"the {self.drawn.styles[0]} stream"
+
+    def epoch_images(self, data: PreparedData, device):
+        def images(epoch: int):
+            if epoch == 1:  # drawn by read_data
+                return None
+            return self.labeled(self._draw(0, (epoch - 1) * self.drawn.splits["train"]), data.alphabet, data.length, device)
+
+        return images
+
+    def _draw(self, split: int, start: int) -> Dataset:
+        count = list(self.drawn.splits.values())[split]
+        batches = list(stream_batches(self.drawn, 256, preprocess=self.config.preprocess, input_size=tuple(self.config.input_size),
+                                      split=split, start=start, stop=start + count, workers=self.workers))
+        return Dataset(np.concatenate([b.images for b in batches]), [t for b in batches for t in b.labels], [])
 
 
 def _cmd_pretrain(args) -> int:

@@ -17,6 +17,7 @@ import torch.nn as nn
 from captcha import checkpoint as ckpt
 from captcha import distributed as dist
 from captcha import pretrained
+from captcha.alphabet import Alphabet
 from captcha.augment import augment_batch
 from captcha.constants import NORM_MEAN, NORM_STD
 from captcha.data import Dataset
@@ -203,10 +204,19 @@ class RecognitionTask:
         ignored = settings_resume_ignores(self.config, settings, self.given)
         return RecognitionTask(TrainConfig(**settings), self.given), ignored
 
+    def read_data(self) -> tuple[PreparedData, str]:
+        """Every split, checked and decoded, and where they came from (for the start line)."""
+        data_dir = Path(self.config.data) if self.config.data else default_data_dir(self.config.cache_dir)
+        return prepare_data(self.config, data_dir), str(data_dir)
+
+    def labeled(self, ds: Dataset, alphabet: Alphabet, width: int, device: torch.device) -> LabeledImages:
+        """One split's images on the device, its labels encoded `width` wide (or as wide as its longest)."""
+        padded = max(width, max((len(t) for t in ds.labels), default=1))
+        return LabeledImages(torch.from_numpy(ds.images).to(device), encode_labels(ds.labels, alphabet, padded), ds.labels)
+
     def prepare(self, device: torch.device, fresh: bool, log: Callable[[str], None]) -> PreparedRun:
         config = self.config
-        data_dir = Path(config.data) if config.data else default_data_dir(config.cache_dir)
-        data = prepare_data(config, data_dir)
+        data, data_dir = self.read_data()
         self.alphabet = data.alphabet.symbols
         model, model_args = self._model(data, fresh, log)
         model.to(device)
@@ -225,7 +235,12 @@ class RecognitionTask:
                  f"from {data_dir}, preprocess={config.preprocess}, alphabet={self.alphabet!r} "
                  f"({len(data.alphabet)} symbols), length={data.length or 'variable'}, device={device}")
         teacher = self._teacher(data, scored["val"], device, log) if config.teacher else None
-        return PreparedRun(model, meta, splits["train"], scored, "val", start, teacher, self._pool(splits, device))
+        return PreparedRun(model, meta, splits["train"], scored, "val", start, teacher, self._pool(splits, device),
+                           self.epoch_images(data, device))
+
+    def epoch_images(self, data: PreparedData, device: torch.device) -> Callable[[int], LabeledImages | None] | None:
+        """What gives each epoch its own training images (None: every epoch reads the same)."""
+        return None
 
     def _model(self, data: PreparedData, fresh: bool, log: Callable[[str], None]) -> tuple[nn.Module, dict]:
         """The model, within the parameter budget, initialised as `--init` says unless resuming."""
@@ -248,12 +263,7 @@ class RecognitionTask:
     def _tensors(self, data: PreparedData, device: torch.device) -> dict[str, LabeledImages]:
         """Every split's images on the device, its labels encoded as wide as its longest label."""
         width = data.length or max(len(t) for t in data.splits["train"].labels)
-
-        def encoded(ds: Dataset) -> LabeledImages:
-            padded = max(width, max((len(t) for t in ds.labels), default=1))
-            return LabeledImages(torch.from_numpy(ds.images).to(device), encode_labels(ds.labels, data.alphabet, padded), ds.labels)
-
-        return {name: encoded(ds) for name, ds in data.splits.items()}
+        return {name: self.labeled(ds, data.alphabet, width, device) for name, ds in data.splits.items()}
 
     def _teacher(self, data: PreparedData, val: LabeledImages, device: torch.device, log: Callable[[str], None]) -> nn.Module:
         config = self.config

@@ -123,6 +123,7 @@ class PreparedRun:
     start_line: str  # logged once the run folder is ready
     teacher: nn.Module | None = None  # a model to distil from, on the same batches
     extra: ExtraImages | None = None
+    epoch_train: Callable[[int], LabeledImages | None] | None = None  # epoch -> its own training images (None: as before)
 
 
 class Task(Protocol):

@@ -230,6 +230,9 @@ def _train_epochs(run: Run, on_epoch_end: Callable[[int, dict], None] | None, lo
     for epoch in range(run.start_epoch, run.epochs + 1):
         started = time.perf_counter()
         stage = enter_stage(run, epoch)
+        fresh = run.data.epoch_train(epoch) if run.data.epoch_train is not None else None
+        if fresh is not None:  # a task that draws new images every epoch (streamed pre-training)
+            run.data.train = fresh
         if run.data.extra is not None:
             run.data.extra.update(epoch, run.eval_model, log)
         train = train_one_epoch(run, stage, f"epoch {epoch}/{run.epochs}")

@@ -192,3 +192,30 @@ def test_every_shipped_file_is_declared_where_its_model_is_registered():
         meta = load_checkpoint(pretrained.WEIGHTS_DIR / weights.file)["meta"]
         assert (meta["model"]["name"], meta["preprocess"], meta["head"]) == (model, weights.preprocess, weights.head)
         assert pretrained.find_pretrained(model, weights.preprocess, weights.head) == pretrained.WEIGHTS_DIR / weights.file
+
+
+def test_streamed_pretraining_reads_new_images_every_epoch_and_resumes_on_the_stream(tmp_path):
+    from captcha.generate import GeneratorConfig
+    from captcha.pretrain import StreamedTask, _train_config
+    from captcha.synth_stream import draw_batch
+
+    small = dict(images=32, val_images=16, epochs=2, batch_size=16, work_dir=str(tmp_path / "work"), stream=True, workers=1)
+    out = tmp_path / "w.pt"
+    messages: list[str] = []
+    pretrain(PretrainConfig(**small, out=str(out)), log=messages.append)
+    assert any("64 images over the run" in m for m in messages)
+    assert load_checkpoint(out)["meta"]["alphabet"] == pretrained.PRETRAIN_ALPHABET
+    run = tmp_path / "work" / "run-sepnet-gray-attention-stream"
+    assert (run / "last.pt").exists() and not any((tmp_path / "work").glob("data-*"))  # nothing drawn to disk
+
+    config = PretrainConfig(**small)
+    drawn = GeneratorConfig(alphabet=pretrained.PRETRAIN_ALPHABET, styles=("mix",), splits={"train": 32, "val": 16})
+    task = StreamedTask(_train_config(config, None), drawn, workers=1)
+    data, source = task.read_data()
+    assert source == "the mix stream"
+    assert data.splits["train"].labels == draw_batch(drawn, 0, 0, 32).labels
+    assert data.splits["val"].labels == draw_batch(drawn, 1, 0, 16).labels
+    second = task.epoch_images(data, torch.device("cpu"))(2)
+    assert second.labels == draw_batch(drawn, 0, 32, 32).labels  # epoch 2: the next 32 images of the stream
+    resumed, _ = task.resumed(load_checkpoint(run / "last.pt")["config"])
+    assert isinstance(resumed, StreamedTask) and resumed.drawn == drawn
