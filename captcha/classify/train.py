@@ -26,7 +26,7 @@ from captcha.classify.recipes import Recipe, Stage as RecipeStage, describe, rec
 from captcha.metrics import classification_metrics, topk_accuracy
 from captcha.models import create_model
 from captcha.models.classifiers import META_MEAN, META_STD, load_pretrained
-from captcha.runtime import fast_optimizer, normalize_batch
+from captcha.runtime import normalize_batch
 from captcha.tasks import LabeledImages, PreparedRun, RunOptions, Stage
 from captcha.train import RunResult, fit
 
@@ -110,10 +110,12 @@ def _lr_lambda(stage: RecipeStage, steps_per_epoch: int) -> Callable[[int], floa
 
 
 def _optimizer(stage: RecipeStage, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """torch's default (per-parameter) update, not the fused kernels recognition uses: they round
+    differently, and the reports' figures were made with this one."""
     if stage.optimizer == "adam":
-        return fast_optimizer(torch.optim.Adam, params, lr=stage.lr, weight_decay=stage.weight_decay)
+        return torch.optim.Adam(params, lr=stage.lr, weight_decay=stage.weight_decay)
     if stage.optimizer == "sgd":
-        return fast_optimizer(torch.optim.SGD, params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
+        return torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
     raise ValueError(f"unknown optimizer {stage.optimizer!r}; choose from adam, sgd")
 
 
@@ -148,8 +150,10 @@ class ClassificationTask:
                  cache_dir: str | Path | None | bool = None, resume: bool = False, ema: float = 0.0):
         self.data_dir, self.recipe, self.weights, self.cache_dir = Path(data_dir), recipe, weights, cache_dir
         self.label_smoothing = recipe.label_smoothing
+        # bf16 on a GPU only: the reports' figures were made in float32 on the CPU (docs/reproducing-the-reports.md)
+        on_gpu = device != "cpu" and torch.cuda.is_available()
         self.options = RunOptions(out=str(out), batch_size=recipe.batch_size, seed=recipe.seed, device=device, resume=resume, ema=ema,
-                                  channels_last=False, eval_batch_size=256)
+                                  channels_last=False, eval_batch_size=256, amp=on_gpu)
         self.augment: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.class_names: list[str] = []
         self.watch = "val"
