@@ -6,7 +6,6 @@ database is written (each CI run starts clean, and a failure prints its example)
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,7 @@ from hypothesis import strategies as st
 from captcha.constants import MAX_DECODED_BYTES, MAX_IMAGE_PIXELS
 from captcha.imageio import ImageDecodeError, decode_image, read_header
 
-_spec = importlib.util.spec_from_file_location("fuzz_strategies", Path(__file__).resolve().parent / "fuzz_strategies.py")
-fuzz = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fuzz)
+import fuzz_strategies as fuzz  # noqa: E402 - tests/ is on the path, as for serving_hooks
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow on corrupt metadata, by design here
 FUZZ = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

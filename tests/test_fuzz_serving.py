@@ -14,7 +14,6 @@ written.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import struct
@@ -37,9 +36,7 @@ from serving.server import CaptchaServer, ServeConfig
 from serving.supervisor import Supervisor, create_server
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("fuzz_strategies", Path(__file__).resolve().parent / "fuzz_strategies.py")
-fuzz = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fuzz)
+import fuzz_strategies as fuzz  # noqa: E402 - tests/ is on the path, as for serving_hooks
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow on corrupt metadata, by design here
 RSS_GROWTH_BOUND = 256 * 2**20  # the decode budget: what a server process may add to its memory while fuzzed

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import importlib.util
 import os
 import shutil
 import struct
@@ -495,14 +494,7 @@ def test_a_busy_metrics_port_is_one_error_line(artifacts, capsys) -> None:
 HOSTILE_DIR = Path(__file__).resolve().parent / "hostile"
 
 
-def _hostile_module():
-    spec = importlib.util.spec_from_file_location("make_hostile", HOSTILE_DIR / "make_hostile.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hostile = _hostile_module()
+import hostile.make_hostile as hostile  # noqa: E402 - tests/ is on the path, as for serving_hooks
 
 
 def test_hostile_files_get_an_answer_or_invalid_argument_and_the_server_goes_on(artifacts, small_limit_server) -> None:
