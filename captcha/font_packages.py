@@ -112,6 +112,28 @@ class FontSet:
         }
 
 
+def _owners(versions: dict[str, str]) -> dict[str, str]:
+    """{resolved font file: package} for the installed `versions`' packages (first package wins)."""
+    owner: dict[str, str] = {}
+    for package in sorted(versions):
+        for f in package_font_files(package):
+            owner.setdefault(str(Path(f).resolve()), package)
+    return owner
+
+
+def font_set_of(files, packages=FONT_PACKAGES) -> FontSet:
+    """`files` with the `package: version` of each of `packages` that installed one of them, for
+    fonts given as paths (`captcha pretrain --fonts /usr/share/fonts`); files of no such package,
+    or a system without dpkg, leave the packages empty."""
+    try:
+        versions = package_versions(packages)
+    except ValueError:
+        return FontSet(tuple(files))
+    owner = _owners(versions)
+    used = {owner[str(Path(f).resolve())] for f in files if str(Path(f).resolve()) in owner}
+    return FontSet(tuple(files), {name: versions[name] for name in sorted(used)})
+
+
 def find_package_fonts(symbols: str, packages=FONT_PACKAGES, log: Callable[[str], None] | None = None) -> FontSet:
     """The usable fonts of the installed `packages` (`captcha.fonts.find_fonts` vets them) and
     their packages' versions. Raises ValueError, naming the install command, when none of the
@@ -119,10 +141,7 @@ def find_package_fonts(symbols: str, packages=FONT_PACKAGES, log: Callable[[str]
     versions = package_versions(packages)
     if not versions:
         raise ValueError(f"none of the {len(packages)} font packages is installed; as root: apt-get update && {install_command(packages)}")
-    owner = {}
-    for package in sorted(versions):
-        for f in package_font_files(package):
-            owner.setdefault(str(Path(f).resolve()), package)
+    owner = _owners(versions)
     if not owner:
         raise ValueError(f"the installed font packages ({', '.join(sorted(versions))}) hold no .ttf/.otf file")
     files = find_fonts(sorted(owner), symbols, log=log)

@@ -95,7 +95,7 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path
     else:
         result = fit(_train_config(config, str(_drawn_set(config, drawn, fonts_tag, log))), log=log)
     out = Path(config.out) if config.out else pretrained.WEIGHTS_DIR / pretrained.weights_name(config.model, config.preprocess, config.head)
-    pretrained.save_compact(result.run_dir / BEST, out)
+    pretrained.save_compact(result.run_dir / BEST, out, {"pretraining": pretraining_record(config, fonts)})
     log(f"Wrote pre-trained weights ({out.stat().st_size / 1024:.0f} KiB, val whole-string "
         f"{result.val['sequence_accuracy'] * 100:.2f}% on the synthetic set) to {out}")
     declared = {w.file for _, w in shipped_weights(config.model)}
@@ -103,6 +103,16 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path
         log(f"`captcha train --init pretrained` starts from it once it is declared where {config.model} is registered: "
             f"weights=(ShippedWeights({out.name!r}, preprocess={config.preprocess!r}, head={config.head!r}),)")
     return out
+
+
+def pretraining_record(config: PretrainConfig, fonts: tuple[str, ...]) -> dict:
+    """What the weights' metadata says they were pre-trained on: the style, the images seen
+    and the fonts (file names, and the Debian packages with versions that installed them)."""
+    from captcha.font_packages import font_set_of
+
+    distinct = config.images * config.epochs if config.stream else config.images
+    return {"style": MIX, "stream": config.stream, "images": distinct, "images_seen": config.images * config.epochs,
+            "epochs": config.epochs, "seed": config.seed, "init": config.init, **font_set_of(fonts).metadata()}
 
 
 def _drawn_set(config: PretrainConfig, drawn: GeneratorConfig, fonts_tag: str, log: Callable[[str], None]) -> Path:

@@ -46,12 +46,14 @@ def list_pretrained() -> list[str]:
     return sorted(Path(w.file).stem for _, w in shipped_weights() if (WEIGHTS_DIR / w.file).exists())
 
 
-def save_compact(checkpoint_path: str | Path, out: str | Path) -> Path:
-    """Write a checkpoint's weights as float16 with its meta (half the size of float32)."""
+def save_compact(checkpoint_path: str | Path, out: str | Path, extra_meta: dict | None = None) -> Path:
+    """Write a checkpoint's weights as float16 with its meta (half the size of float32), plus
+    `extra_meta` (what the weights were pre-trained on: fonts, images seen)."""
     source = ckpt.load_checkpoint(checkpoint_path)
     state = {k: v.half() if v.is_floating_point() else v for k, v in source["model_state"].items()}
     meta = dict(source["meta"])
     meta.pop("config", None)  # paths of the pre-training machine; the metrics say what it reached
+    meta.update(extra_meta or {})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"meta": meta, "model_state": state}, out)

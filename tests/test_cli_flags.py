@@ -78,6 +78,12 @@ def test_generated_flags_are_the_flags_users_typed_before(verb):
     assert set(now) - set(before) == NEW_FLAGS.get(verb, set())
     for flag, spec in before.items():
         assert flag in now, f"{verb} {flag} is gone"
+        # A registry may gain entries (a new model is a new --model choice, and one more row of
+        # sweep's default grid); none may go.
+        for key in ("choices", "default"):
+            if isinstance(spec[key], list) or spec[key] is None and key == "choices":
+                listed, was = now[flag].pop(key), spec.pop(key)
+                assert (listed is None) == (was is None) and set(was or ()) <= set(listed or ()), f"{verb} {flag} lost a {key}"
         assert now[flag] == spec, f"{verb} {flag} changed"
 
 

@@ -11,7 +11,8 @@ import pytest
 from PIL import ImageFont
 
 from captcha.cli import main
-from captcha.font_packages import FONT_PACKAGES, FontSet, find_package_fonts, install_command, package_font_files, package_versions
+from captcha.font_packages import (FONT_PACKAGES, FontSet, find_package_fonts, font_set_of, install_command, package_font_files,
+                                    package_versions)
 from captcha.fonts import find_fonts, render_glyph, thin_strokes, unusable_reason
 from captcha.generate import EVAL_STYLES, FONT_FILE_SHARE, STYLES, GeneratorConfig, generate_dataset, mixed_style, render
 from captcha.pretrain import PretrainConfig, pretrain
@@ -148,3 +149,15 @@ def test_installed_font_packages_give_vetted_files_and_their_versions():
     assert all(found.packages[p] == package_versions([p])[p] for p in found.packages)
     assert all(f in {str(Path(g).resolve()) for p in found.packages for g in package_font_files(p)} for f in found.files)
     assert found.metadata()["font_packages"] == [f"{p}={v}" for p, v in sorted(found.packages.items())]
+
+
+@pytest.mark.skipif(not INSTALLED_FONT_PACKAGES, reason="none of captcha.font_packages.FONT_PACKAGES is installed")
+def test_fonts_given_as_paths_are_traced_to_their_packages(tmp_path):
+    package = INSTALLED_FONT_PACKAGES[0]
+    owned = package_font_files(package)[0]
+    stray = tmp_path / "Stray-Regular.ttf"
+    stray.write_bytes(Path(owned).read_bytes())
+    found = font_set_of([owned, str(stray)])
+    assert found.packages == {package: package_versions([package])[package]}
+    assert found.metadata()["font_files"] == sorted([Path(owned).name, "Stray-Regular.ttf"])
+    assert font_set_of([str(stray)]).packages == {}

@@ -204,7 +204,10 @@ def test_streamed_pretraining_reads_new_images_every_epoch_and_resumes_on_the_st
     messages: list[str] = []
     pretrain(PretrainConfig(**small, out=str(out)), log=messages.append)
     assert any("64 images over the run" in m for m in messages)
-    assert load_checkpoint(out)["meta"]["alphabet"] == pretrained.PRETRAIN_ALPHABET
+    meta = load_checkpoint(out)["meta"]
+    assert meta["alphabet"] == pretrained.PRETRAIN_ALPHABET
+    assert meta["pretraining"] | {"font_files": None} == {"style": "mix", "stream": True, "images": 64, "images_seen": 64, "epochs": 2,
+                                                          "seed": 0, "init": "none", "font_packages": [], "font_files": None}
     run = tmp_path / "work" / "run-sepnet-gray-attention-stream"
     assert (run / "last.pt").exists() and not any((tmp_path / "work").glob("data-*"))  # nothing drawn to disk
 
