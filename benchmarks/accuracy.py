@@ -1,8 +1,8 @@
 """Accuracy on CAPTCHA styles the project never trained on, default recipe vs the plain baseline.
 
-    python benchmarks/accuracy.py [--styles eval-plain eval-scriptc eval-lines eval-thin] [--unlabeled 8000]
+    python benchmarks/accuracy.py [--styles eval-plain eval-scriptc eval-lines eval-thin] [--train 4000 ...] [--unlabeled 8000]
                                   [--try augment=strong ...] [--recipes N...] [--grid [--grid-models M...] [--grid-epochs N]]
-                                  [--workdir DIR]
+                                  [--workdir DIR] [--plot FILE]
 
 For each held-out evaluation style (`captcha.generate.EVAL_STYLES`: fonts, colours, distortion
 and noise unlike every pre-training style; `eval-thin` draws thin warped strokes under a thick
@@ -22,6 +22,10 @@ naming the machine.
 default recipe on the built-in course-style set; `--grid-models` picks rows, `--grid-epochs`
 shortens it (the 5M-13M parameter course models, which the default budget refuses and the grid
 trains anyway, take 13-24 s per epoch each on a 2-core CPU).
+
+`--train` takes several label counts for a learning curve: the same test images for each (the
+generator draws each split from its own seeded stream, and a larger train split begins with the
+smaller one's images); `--plot FILE` draws whole-string accuracy against labels (PNG or SVG).
 
 `--workdir DIR` keeps the generated data and every trained run there (for `captcha evaluate`,
 `--errors`, other view counts) instead of in a temporary folder that is removed at the end.
@@ -92,10 +96,60 @@ def _parse_changes(items: list[str]) -> dict:
     return changes
 
 
+def _train_style(args, trial: dict, tmp: Path, style: str, labels: int, done: int) -> list[tuple]:
+    """Draw `style` with `labels` training images and train each chosen recipe on it: rows of
+    (style, labels, recipe, result)."""
+    data = tmp / (style if args.train == [labels] else f"{style}-{labels}")
+    splits = {"train": labels, "val": 1000, "test": 3000}
+    if args.unlabeled:
+        splits["unlabeled"] = args.unlabeled  # a folder the loader does not read as a split
+    generate_dataset(data, GeneratorConfig(alphabet=ALPHABET_36, styles=(style,), seed=DATA_SEED, splits=splits))
+    recipes = dict(RECIPES)
+    if args.unlabeled:
+        recipes[f"default + {args.unlabeled} unlabeled (pseudo-labels)"] = {"unlabeled": str(data / "unlabeled")}
+    if trial:
+        recipes["default + " + " ".join(args.trial)] = trial
+    rows = []
+    for number, (recipe, overrides) in enumerate(recipes.items()):
+        if args.recipes is not None and number not in args.recipes:
+            continue
+        config = TrainConfig(data=str(data), out=f"{tmp}/{style}-{done + len(rows)}", device=args.device, cache_dir=f"{tmp}/cache", **overrides)
+        result = fit(config, log=_pseudo_label_lines)
+        rows.append((style, labels, recipe, result))
+        print(f"done: {style} / {labels} labels / {recipe}: {result.test['sequence_accuracy'] * 100:.2f}%", file=sys.stderr)
+    return rows
+
+
+def _plot_curve(rows: list[tuple], path: str, machine: str) -> None:
+    """Whole-string test accuracy against labeled images, a line per style and recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for style, recipe in dict.fromkeys((style, recipe) for style, _, recipe, _ in rows):
+        points = sorted((labels, r.test["sequence_accuracy"] * 100) for s, labels, rec, r in rows if (s, rec) == (style, recipe))
+        ax.plot(*zip(*points), marker="o", label=f"{style}, {recipe}")
+        for x, y in points:
+            ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_xscale("log", base=2)
+    ticks = sorted({labels for _, labels, _, _ in rows})
+    ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
+    ax.set(xlabel="labeled training images", ylabel="whole-string test accuracy (%)", title="How accuracy grows with labels")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, machine, fontsize=6, color="gray")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"Wrote {path}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--styles", nargs="+", default=list(EVAL_STYLES), choices=list(EVAL_STYLES))
-    parser.add_argument("--train", type=int, default=4000)
+    parser.add_argument("--train", type=int, nargs="+", default=[4000], help="labeled training images (several: a learning curve)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--unlabeled", type=int, default=0, help="also train with this many unlabeled images (pseudo-labels)")
     parser.add_argument("--grid", action="store_true", help="also run the R1 grid at the default recipe")
@@ -105,6 +159,7 @@ def main() -> None:
     parser.add_argument("--recipes", type=int, nargs="+", help="run only these recipes (0: default, 1: plain, then --unlabeled, then --try)")
     parser.add_argument("--try", dest="trial", nargs="+", metavar="KEY=VALUE", default=[],
                         help="also run the default recipe with these TrainConfig changes (e.g. augment=strong epochs=80)")
+    parser.add_argument("--plot", help="draw whole-string test accuracy against --train labels into this file (.png or .svg)")
     parser.add_argument("--workdir", help="keep the generated data and the trained runs in this folder (default: a temporary one, removed)")
     args = parser.parse_args()
     trial = _parse_changes(args.trial)
@@ -114,24 +169,8 @@ def main() -> None:
     with workdir as tmp:
         Path(tmp).mkdir(parents=True, exist_ok=True)
         for style in [] if args.no_styles else args.styles:
-            data = Path(tmp) / style
-            splits = {"train": args.train, "val": 1000, "test": 3000}
-            if args.unlabeled:
-                splits["unlabeled"] = args.unlabeled  # a folder the loader does not read as a split
-            generate_dataset(data, GeneratorConfig(alphabet=ALPHABET_36, styles=(style,), seed=DATA_SEED, splits=splits))
-            recipes = dict(RECIPES)
-            if args.unlabeled:
-                recipes[f"default + {args.unlabeled} unlabeled (pseudo-labels)"] = {"unlabeled": str(data / "unlabeled")}
-            if trial:
-                recipes["default + " + " ".join(args.trial)] = trial
-            for number, (recipe, overrides) in enumerate(recipes.items()):
-                if args.recipes is not None and number not in args.recipes:
-                    continue
-                config = TrainConfig(data=str(data), out=f"{tmp}/{style}-{len(rows)}",
-                                     device=args.device, cache_dir=f"{tmp}/cache", **overrides)
-                result = fit(config, log=_pseudo_label_lines)
-                rows.append((style, recipe, result))
-                print(f"done: {style} / {recipe}: {result.test['sequence_accuracy'] * 100:.2f}%", file=sys.stderr)
+            for labels in args.train:
+                rows += _train_style(args, trial, Path(tmp), style, labels, len(rows))
 
         grid = []
         if args.grid:
@@ -142,12 +181,14 @@ def main() -> None:
 
     print(f"\nMachine: {describe()}")
     if rows:
-        print(f"\n{args.train} train / 1000 val / 3000 test per style, 36 symbols\n")
-        print("| style | recipe | params | per-char test accuracy | whole-string | train time |")
-        print("|---|---|---:|---|---:|---:|")
-        for style, recipe, r in rows:
+        print(f"\n{' / '.join(map(str, args.train))} train, 1000 val, 3000 test images per style, 36 symbols\n")
+        print("| style | labels | recipe | params | per-char test accuracy | whole-string | train time |")
+        print("|---|---:|---|---:|---|---:|---:|")
+        for style, labels, recipe, r in rows:
             chars = " / ".join(f"{a * 100:.1f}" for a in r.test["per_char_accuracy"])
-            print(f"| {style} | {recipe} | {r.parameters:,} | {chars} | {r.test['sequence_accuracy'] * 100:.2f}% | {r.train_seconds:.0f} s |")
+            print(f"| {style} | {labels:,} | {recipe} | {r.parameters:,} | {chars} | {r.test['sequence_accuracy'] * 100:.2f}% | {r.train_seconds:.0f} s |")
+        if args.plot:
+            _plot_curve(rows, args.plot, describe())
     if grid:
         print(f"\nR1 grid, default recipe at {base.epochs} epochs, built-in course-style set (4000/1000/3000, 19 symbols)\n")
         print(markdown_table(grid), end="")

@@ -1,4 +1,4 @@
-"""benchmarks/accuracy.py's harness: typed `--try` changes and `--workdir` (training replaced by a stub)."""
+"""benchmarks/accuracy.py's harness: typed `--try` changes, `--workdir` and the label curve (training replaced by a stub)."""
 
 from __future__ import annotations
 
@@ -58,10 +58,22 @@ def test_workdir_keeps_the_drawn_data_and_the_runs(accuracy, monkeypatch, tmp_pa
         assert Path(config.data) == work / "eval-plain" and Path(config.out).parent == work
         assert (Path(config.out) / "best.pt").exists()  # kept after the script ends
     assert (work / "eval-plain" / "train").is_dir()
-    assert "| eval-plain | default + epochs=30 |" in capsys.readouterr().out
+    assert "| eval-plain | 4,000 | default + epochs=30 |" in capsys.readouterr().out
 
 
 def test_without_workdir_everything_is_removed(accuracy, monkeypatch):
     drawn, configs = _stub_run(accuracy, monkeypatch, ["--styles", "eval-lines", "--recipes", "0"])
     assert len(configs) == 1
     assert not drawn[0][0].exists() and not Path(configs[0].out).exists()
+
+
+def test_several_label_counts_make_a_learning_curve_with_a_plot(accuracy, monkeypatch, tmp_path, capsys):
+    plot = tmp_path / "curve.png"
+    drawn, configs = _stub_run(accuracy, monkeypatch, ["--styles", "eval-thin", "--recipes", "0", "--train", "1000", "2000",
+                                                       "--workdir", str(tmp_path / "w"), "--plot", str(plot)])
+    assert [d.name for d, _ in drawn] == ["eval-thin-1000", "eval-thin-2000"]
+    assert [c.splits for _, c in drawn] == [{"train": n, "val": 1000, "test": 3000} for n in (1000, 2000)]
+    assert [Path(c.data).name for c in configs] == ["eval-thin-1000", "eval-thin-2000"]
+    out = capsys.readouterr().out
+    assert "| eval-thin | 1,000 | default recipe |" in out and "| eval-thin | 2,000 | default recipe |" in out
+    assert plot.read_bytes().startswith(b"\x89PNG")
