@@ -78,7 +78,8 @@ def sepnet(num_classes: int, length: int = 4, in_channels: int = 1, head: str = 
     return Recognizer(body, make_head(head, body.out_features, num_classes, length))
 
 
-@register_model
+@register_model(weights=(ShippedWeights("sepnet_wide-gray-attention.pt", preprocess="gray", head="attention",
+                                       recipe="docs/pretraining.md#the-wide-models-weights"),))
 def sepnet_wide(num_classes: int, length: int = 4, in_channels: int = 1, head: str = "attention") -> Recognizer:
     """`sepnet` at twice the width, ~290K parameters at 36 symbols: more capacity for hard styles
     under the 1M budget, at about three times the arithmetic an image."""
