@@ -125,13 +125,16 @@ def font_set_of(files, packages=FONT_PACKAGES) -> FontSet:
     """`files` with the `package: version` of each of `packages` that installed one of them, for
     fonts given as paths (`captcha pretrain --fonts /usr/share/fonts`); files of no such package,
     or a system without dpkg, leave the packages empty."""
+    files = tuple(files)
+    if not files:
+        return FontSet(files)
     try:
         versions = package_versions(packages)
     except ValueError:
-        return FontSet(tuple(files))
+        return FontSet(files)
     owner = _owners(versions)
-    used = {owner[str(Path(f).resolve())] for f in files if str(Path(f).resolve()) in owner}
-    return FontSet(tuple(files), {name: versions[name] for name in sorted(used)})
+    used = {owner.get(str(Path(f).resolve())) for f in files} - {None}
+    return FontSet(files, {name: versions[name] for name in sorted(used)})
 
 
 def find_package_fonts(symbols: str, packages=FONT_PACKAGES, log: Callable[[str], None] | None = None) -> FontSet:

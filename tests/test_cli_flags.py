@@ -81,9 +81,11 @@ def test_generated_flags_are_the_flags_users_typed_before(verb):
         # A registry may gain entries (a new model is a new --model choice, and one more row of
         # sweep's default grid); none may go.
         for key in ("choices", "default"):
-            if isinstance(spec[key], list) or spec[key] is None and key == "choices":
-                listed, was = now[flag].pop(key), spec.pop(key)
-                assert (listed is None) == (was is None) and set(was or ()) <= set(listed or ()), f"{verb} {flag} lost a {key}"
+            was, listed = spec.pop(key), now[flag].pop(key)
+            if isinstance(was, list) and isinstance(listed, list):
+                assert set(was) <= set(listed), f"{verb} {flag} lost a {key}"
+            else:
+                assert listed == was, f"{verb} {flag} changed its {key}"
         assert now[flag] == spec, f"{verb} {flag} changed"
 
 
