@@ -41,7 +41,7 @@ from captcha.train_config import TrainConfig  # noqa: E402
 ROWS = {
     "naive": ("naive loop: resnet18_mod, pooled heads, batch 64, fp32, no augmentation", 25),
     "course": ("captcha train --model resnet18_mod --preprocess denoise --epochs 25 --init none", 25),
-    "default": ("captcha train (default recipe: sepnet, 60 epochs)", 60),
+    "default": (f"captcha train (default recipe: {TrainConfig.model}, {TrainConfig.epochs} epochs)", TrainConfig.epochs),
 }
 
 
