@@ -68,12 +68,12 @@ def _pseudo_label_lines(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def _field_kind(key: str) -> type:
-    """The type a TrainConfig field holds: `int` for `int | None`, `str` for `str | None`."""
+def _field_hint(key: str):
+    """The type a TrainConfig field holds: `int` for `int | None`, `tuple[int, int]` as declared."""
     hint = typing.get_type_hints(TrainConfig)[key]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(k for k in typing.get_args(hint) if k is not type(None))
-    return typing.get_origin(hint) or hint
+    return hint
 
 
 def _parse_changes(items: list[str]) -> dict:
@@ -83,16 +83,20 @@ def _parse_changes(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or key not in {f.name for f in dataclasses.fields(TrainConfig)}:
             raise SystemExit(f"--try: {item!r} is not KEY=VALUE with a TrainConfig field as KEY")
-        kind = _field_kind(key)
-        if kind is tuple:
-            raise SystemExit(f"--try: {key} takes several values; it cannot be changed here")
+        hint = _field_hint(key)
+        kind = typing.get_origin(hint) or hint
         if kind is bool:
             changes[key] = value.lower() in ("1", "true", "yes")
-        else:
-            try:
-                changes[key] = kind(value)
-            except ValueError:
-                raise SystemExit(f"--try: {key} takes {kind.__name__} values, not {value!r}") from None
+            continue
+        # a tuple field takes its values comma-separated: input_size=75,195
+        kinds, values = (typing.get_args(hint), value.split(",")) if kind is tuple else ((kind,), [value])
+        if len(values) != len(kinds):
+            raise SystemExit(f"--try: {key} takes {len(kinds)} comma-separated values, not {value!r}")
+        try:
+            typed = tuple(k(v) for k, v in zip(kinds, values))
+        except ValueError:
+            raise SystemExit(f"--try: {key} takes {' '.join(k.__name__ for k in kinds)} values, not {value!r}") from None
+        changes[key] = typed if kind is tuple else typed[0]
     return changes
 
 

@@ -17,11 +17,13 @@ def accuracy(benchmark_script):
 
 def test_try_changes_are_typed_as_the_fields_are_declared(accuracy):
     changes = accuracy._parse_changes(["lr=2e-2", "epochs=30", "channels_last=false", "augment=none",
-                                       "eval_batch_size=64", "length=4", "init=none"])
+                                       "eval_batch_size=64", "length=4", "init=none", "input_size=75,195"])
     assert changes == {"lr": 0.02, "epochs": 30, "channels_last": False, "augment": "none",
-                       "eval_batch_size": 64, "length": 4, "init": "none"}  # `int | None` fields read as int
+                       "eval_batch_size": 64, "length": 4, "init": "none",  # `int | None` fields read as int
+                       "input_size": (75, 195)}  # a tuple field's values are comma-separated
     for bad, message in ((["nope=1"], "not KEY=VALUE"), (["epochs"], "not KEY=VALUE"),
-                         (["input_size=1"], "several values"), (["epochs=x"], "takes int values")):
+                         (["input_size=1"], "2 comma-separated values"), (["input_size=7,x"], "takes int int values"),
+                         (["epochs=x"], "takes int values")):
         with pytest.raises(SystemExit, match=message):
             accuracy._parse_changes(bad)
 
