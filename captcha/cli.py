@@ -296,7 +296,7 @@ def _add_run_verbs(sub: argparse._SubParsersAction) -> None:
     from captcha.runtime import DEVICES
     from captcha.tta import TTA_VIEWS
 
-    p = sub.add_parser("train", help="train a recognizer (default: sepnet_wide on the built-in generated set)")
+    p = sub.add_parser("train", help="train a recognizer (default: sepnet at 75 x 195 on the built-in generated set)")
     _add_training_flags(p)
     p.set_defaults(func=_cmd_train)
 

@@ -10,6 +10,11 @@ INPUT_HEIGHT = 50
 INPUT_WIDTH = 130
 INPUT_SIZE = (INPUT_HEIGHT, INPUT_WIDTH)
 
+# The size the default training recipe reads every image at, (height, width): the course size
+# scaled by 1.5, so that thin strokes survive the network's first downsampling
+# (docs/benchmarks.md, *Resolution*). The generator still draws at INPUT_SIZE.
+READ_SIZE = (75, 195)
+
 # Characters per CAPTCHA in the built-in generated set.
 DEFAULT_LENGTH = 4
 

@@ -29,7 +29,7 @@ from captcha import pretrained
 from captcha.alphabet import Alphabet
 from captcha.augment import AUGMENT_LEVELS
 from captcha.checkpoint import BEST
-from captcha.constants import DEFAULT_LENGTH
+from captcha.constants import DEFAULT_LENGTH, INPUT_SIZE
 from captcha.data import Dataset
 from captcha.generate import FONT_FILE_SHARE, MIX, GeneratorConfig, generate_dataset
 from captcha.models import HEAD_TYPES, list_models, shipped_weights
@@ -48,6 +48,8 @@ class PretrainConfig:
     model: str = option("sepnet", "architecture", choices=lambda: list_models("recognition"))
     preprocess: str = option("gray", "preprocessor", choices=list_preprocessors)
     head: str = option("attention", "head type", choices=HEAD_TYPES)
+    input_size: tuple[int, int] = option(INPUT_SIZE, "size the images are read at; the shipped weights were made at the "
+                                         "drawn size and transfer to any other", metavar=("H", "W"))
     images: int = option(40000, "synthetic training images")
     val_images: int = option(2000, "synthetic validation images")
     epochs: int = option(20, "passes over the synthetic set")
@@ -112,6 +114,7 @@ def pretraining_record(config: PretrainConfig, fonts: tuple[str, ...]) -> dict:
 
     distinct = config.images * config.epochs if config.stream else config.images
     return {"style": MIX, "stream": config.stream, "images": distinct, "images_seen": config.images * config.epochs,
+            "input_size": list(config.input_size),
             "epochs": config.epochs, "seed": config.seed, "init": config.init, **font_set_of(fonts).metadata()}
 
 
@@ -133,11 +136,14 @@ def _train_config(config: PretrainConfig, data: str | None):
     from captcha.train import TrainConfig
 
     stream_tag = "-stream" if config.stream else ""
+    if tuple(config.input_size) != INPUT_SIZE:  # its own run folder, so that --resume never mixes sizes
+        stream_tag += "-{}x{}".format(*config.input_size)
     return TrainConfig(
         data=data, out=str(Path(config.work_dir) / f"run-{config.model}-{config.preprocess}-{config.head}{stream_tag}"),
         model=config.model, preprocess=config.preprocess, head=config.head, epochs=config.epochs,
         batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay, augment=config.augment, seed=config.seed,
         device=config.device, alphabet=pretrained.PRETRAIN_ALPHABET, init=config.init, resume=config.resume,
+        input_size=tuple(config.input_size),
         label_smoothing=0.0,  # the shipped weights were made without it: the documented command regenerates them
         tta=1,  # the compact weights carry no views; the synthetic val score is one view's
     )
