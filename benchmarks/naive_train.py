@@ -38,7 +38,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     device = resolve_device(args.device)
-    settings = TrainConfig(data=args.data, preprocess=args.preprocess, head="fixed", cache_dir=args.cache_dir)
+    settings = TrainConfig(data=args.data, model="resnet18_mod", preprocess=args.preprocess, head="fixed", cache_dir=args.cache_dir)
     data = prepare_data(settings, Path(args.data))
     length = data.length
     train, test = data.splits["train"], data.splits["test"]

@@ -177,7 +177,7 @@ class StreamedTask(RecognitionTask):
 
     def _draw(self, split: int, start: int) -> Dataset:
         count = list(self.drawn.splits.values())[split]
-        batches = list(stream_batches(self.drawn, 256, preprocess=self.config.preprocess, input_size=tuple(self.config.input_size),
+        batches = list(stream_batches(self.drawn, 256, preprocess=self.config.preprocess, input_size=self.config.read_size,
                                       split=split, start=start, stop=start + count, workers=self.workers))
         return Dataset(np.concatenate([b.images for b in batches]), [t for b in batches for t in b.labels], [])
 

@@ -102,7 +102,7 @@ def check_input_width(model: nn.Module, config: TrainConfig, channels: int, labe
     has too few columns to spell (their loss is zero, so they are never learned)."""
     if not isinstance(getattr(model, "head", None), (AttentionHeads, CTCHead)):
         return
-    height, width = config.input_size
+    height, width = config.read_size
     columns = feature_columns(model, channels, (height, width))
     if isinstance(model.head, AttentionHeads):
         most = model.head.position.shape[2]
@@ -143,7 +143,7 @@ PATH_SETTINGS = ("data", "cache_dir", "init", "unlabeled", "teacher")
 def config_dict(config: TrainConfig) -> dict:
     """The settings as checkpoints store them: paths made absolute, the input size a list."""
     d = asdict(config)
-    d["input_size"] = list(config.input_size)
+    d["input_size"] = list(config.read_size)
     for name in PATH_SETTINGS:
         if _names_a_path(name, d[name]):
             d[name] = str(Path(d[name]).resolve())
@@ -224,7 +224,7 @@ class RecognitionTask:
             model.to(memory_format=torch.channels_last)
         splits = self._tensors(data, device)
         meta = ckpt.make_meta(
-            task="recognition", model_name=config.model, model_args=model_args, input_size=config.input_size,
+            task="recognition", model_name=config.model, model_args=model_args, input_size=config.read_size,
             channels=model_args["in_channels"], preprocess=config.preprocess, mean=NORM_MEAN, std=NORM_STD,
             alphabet=self.alphabet, length=data.length, config=config_dict(config),
         )
@@ -268,7 +268,7 @@ class RecognitionTask:
     def _teacher(self, data: PreparedData, val: LabeledImages, device: torch.device, log: Callable[[str], None]) -> nn.Module:
         config = self.config
         teacher = load_teacher(config.teacher, device, alphabet=self.alphabet, length=data.length, head=config.head,
-                               preprocess=config.preprocess, input_size=config.input_size)
+                               preprocess=config.preprocess, input_size=config.read_size)
         if dist.is_main():
             t_val = score_split(self, teacher, val, config.eval_batch_size)
             log(f"Distilling from {config.teacher} ({count_parameters(teacher):,} parameters, val whole-string "

@@ -27,7 +27,7 @@ class DataSettings(Protocol):
 
     seed: int
     preprocess: str
-    input_size: tuple[int, int]
+    read_size: tuple[int, int]  # (height, width) every image is resized to
     cache_dir: str | None
     head: str
     length: int | None
@@ -38,7 +38,7 @@ class DataSettings(Protocol):
 class UnlabeledSettings(Protocol):
     unlabeled: str | None
     preprocess: str
-    input_size: tuple[int, int]
+    read_size: tuple[int, int]  # (height, width) every image is resized to
     cache_dir: str | None
     skip_bad: bool
 
@@ -102,7 +102,7 @@ def _decode_splits(settings: DataSettings, data_dir: Path, problems: list[tuple[
     if not samples["val"]:
         parts = split_samples(samples["train"], settings.seed, val_fraction=0.1, test_fraction=0.0)
         samples["train"], samples["val"] = parts["train"], parts["val"]
-    encoded = {split: load_images(items, settings.preprocess, settings.input_size, settings.cache_dir) for split, items in samples.items()}
+    encoded = {split: load_images(items, settings.preprocess, settings.read_size, settings.cache_dir) for split, items in samples.items()}
     for enc in encoded.values():
         problems += enc.problems
     return encoded
@@ -147,7 +147,7 @@ def load_unlabeled(settings: UnlabeledSettings) -> torch.Tensor:
     samples = [Sample(p, "") for p in list_images(folder, recursive=True)]
     if not samples:
         raise DataError([(str(folder), "no images found")], "no unlabeled images (--unlabeled)")
-    encoded = load_images(samples, settings.preprocess, settings.input_size, settings.cache_dir)
+    encoded = load_images(samples, settings.preprocess, settings.read_size, settings.cache_dir)
     if encoded.problems:
         error = DataError(sorted(encoded.problems), f"bad images in {folder}")
         if not settings.skip_bad:

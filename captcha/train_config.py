@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from captcha.augment import AUGMENT_LEVELS
-from captcha.constants import DEFAULT_MAX_PARAMS, READ_SIZE
-from captcha.models import HEAD_TYPES, list_models
+from captcha.constants import DEFAULT_MAX_PARAMS
+from captcha.models import HEAD_TYPES, default_input_size, list_models
 from captcha.options import check_choices, option
 from captcha.plots import PLOT_FORMATS
 from captcha.preprocess import list_preprocessors
@@ -59,8 +59,9 @@ class TrainConfig:
     max_params: int = option(DEFAULT_MAX_PARAMS, "refuse a model with more parameters", shown="{:,}")
     alphabet: str | None = option(None, "symbols, in class order (default: inferred from the training labels)")
     length: int | None = option(None, "characters per CAPTCHA (default: inferred from the training labels; fixed and attention heads)")
-    input_size: tuple[int, int] = option(READ_SIZE, "size every image is resized to before the model reads it; 1.5 times the "
-                                         "course's 50 x 130, which reads thin strokes far better", metavar=("H", "W"))
+    input_size: tuple[int, int] | None = option(None, "size every image is resized to before the model reads it (default: the "
+                                                "model's; sepnet's is 75 195, 1.5 times the course's 50 130, where thin "
+                                                "strokes read far better)", metavar=("H", "W"))
     skip_bad: bool = option(False, "leave bad files out with a warning instead of stopping")
     cache_dir: str | None = option(None, "where preprocessed datasets are cached (default ~/.cache/captchakit)")
     init: str | None = option("pretrained", "pretrained: the shipped synthetic pre-training weights when they match model, "
@@ -87,7 +88,7 @@ class TrainConfig:
         if self.epochs < 1:
             raise ValueError("--epochs must be at least 1")
         RunOptions.of(self)  # the checks of the options every task shares
-        if len(self.input_size) != 2 or min(self.input_size) < 8:
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 8):
             raise ValueError(f"--input-size takes a height and a width of at least 8 pixels, not {' '.join(map(str, self.input_size))}")
         if self.lr <= 0:
             raise ValueError("--lr must be positive")
@@ -102,4 +103,10 @@ class TrainConfig:
             raise ValueError("--pseudo-threshold must be in (0, 1]")
         if self.tensorboard is not None:
             check_tensorboard()
-        self.input_size = tuple(self.input_size)
+        if self.input_size is not None:
+            self.input_size = tuple(self.input_size)
+
+    @property
+    def read_size(self) -> tuple[int, int]:
+        """The (height, width) every image is resized to: --input-size, else the model's own."""
+        return self.input_size or default_input_size(self.model)

@@ -66,7 +66,7 @@ def _describe(parser: argparse.ArgumentParser) -> dict[str, dict]:
 # Flags added since the flags were generated from the dataclasses: classifiers resume and keep an EMA;
 # --compile: training steps compiled with torch.compile (issue #36).
 NEW_FLAGS = {"classify train": {"--resume", "--ema"}, "train": {"--compile"}, "sweep": {"--compile"},
-             "pretrain": {"--stream", "--workers"}}  # pre-training on the synthetic stream (issue #35)
+             "pretrain": {"--stream", "--workers", "--input-size"}}  # pre-training on the synthetic stream, at any size (issue #35)
 
 
 @pytest.mark.parametrize("verb", ["train", "sweep", "pretrain", "classify train", "classify sweep"])

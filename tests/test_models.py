@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from captcha.cli import main
-from captcha.models import count_parameters, create_model, list_models, supports_head
+from captcha.constants import INPUT_SIZE, READ_SIZE
+from captcha.models import count_parameters, create_model, default_input_size, list_models, supports_head
 
 
 def _count(name, classes, channels, length=4, head="fixed"):
@@ -67,3 +68,16 @@ def test_models_command_prints_counts(capsys):
     assert "resnet18_mod" in out and "95,164" in out
     assert main(["models", "--classes", "19", "--channels", "1"]) == 0
     assert "11,209,228" in capsys.readouterr().out
+
+
+def test_each_model_declares_the_size_it_reads_and_training_follows_it():
+    from dataclasses import replace
+
+    from captcha.train_config import TrainConfig
+
+    assert default_input_size("sepnet") == READ_SIZE  # 1.5x the course size: thin strokes survive the stem
+    assert default_input_size("resnet18_mod") == default_input_size("baseline") == INPUT_SIZE  # the course's size
+    config = TrainConfig()
+    assert config.input_size is None and config.read_size == READ_SIZE
+    assert replace(config, model="resnet18_mod").read_size == INPUT_SIZE  # a sweep row reads at its own model's size
+    assert TrainConfig(model="resnet18_mod", input_size=[60, 150]).read_size == (60, 150)  # --input-size wins

@@ -121,6 +121,16 @@ def test_pretrain_command_writes_weights_that_train_finds(tmp_path, easy_data):
     assert any(m.startswith("Initialised") and str(out) in m for m in messages)
 
 
+def test_pretrain_reads_at_the_given_size_in_a_run_folder_of_its_own(tmp_path):
+    work = tmp_path / "work"
+    out = pretrain(PretrainConfig(images=32, val_images=16, epochs=1, batch_size=16, input_size=(40, 104), work_dir=str(work),
+                                  out=str(tmp_path / "w.pt")), **QUIET)
+    meta = load_checkpoint(out)["meta"]
+    assert meta["input_size"] == [40, 104] and meta["pretraining"]["input_size"] == [40, 104]
+    assert (work / "run-sepnet-gray-attention-40x104" / "best.pt").exists()  # never resumed into a run of another size
+    assert PretrainConfig().input_size == (50, 130)  # the shipped weights' size, whatever training's default
+
+
 def test_pretrain_starts_at_random_or_continues_from_given_weights(tmp_path):
     messages: list[str] = []
     small = dict(images=64, val_images=16, epochs=1, batch_size=32, work_dir=str(tmp_path / "work"))
@@ -207,7 +217,8 @@ def test_streamed_pretraining_reads_new_images_every_epoch_and_resumes_on_the_st
     meta = load_checkpoint(out)["meta"]
     assert meta["alphabet"] == pretrained.PRETRAIN_ALPHABET
     assert meta["pretraining"] | {"font_files": None} == {"style": "mix", "stream": True, "images": 64, "images_seen": 64, "epochs": 2,
-                                                          "seed": 0, "init": "none", "font_packages": [], "font_files": None}
+                                                          "input_size": [50, 130], "seed": 0, "init": "none", "font_packages": [],
+                                                          "font_files": None}
     run = tmp_path / "work" / "run-sepnet-gray-attention-stream"
     assert (run / "last.pt").exists() and not any((tmp_path / "work").glob("data-*"))  # nothing drawn to disk
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from captcha.constants import INPUT_SIZE
+
 
 @dataclass(frozen=True)
 class ShippedWeights:
@@ -35,22 +37,24 @@ class ModelEntry:
     task: str
     heads: tuple[str, ...] | None  # None: every head type
     weights: tuple[ShippedWeights, ...]
+    input_size: tuple[int, int]  # (height, width) the model reads an image at unless --input-size says otherwise
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, task: str = "recognition",
-                   heads: tuple[str, ...] | None = None, weights: tuple[ShippedWeights, ...] = ()):
+                   heads: tuple[str, ...] | None = None, weights: tuple[ShippedWeights, ...] = (),
+                   input_size: tuple[int, int] = INPUT_SIZE):
     """Register a factory under its function name (or `name`). `task` groups models for listings;
     `heads` names the only head types the model supports (default: all); `weights` declares the
-    files shipped for it."""
+    files shipped for it; `input_size` is the size training resizes images to by default."""
 
     def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or f.__name__
         if key in _MODELS:
             raise ValueError(f"model {key!r} is already registered")
-        _MODELS[key] = ModelEntry(f, task, heads, tuple(weights))
+        _MODELS[key] = ModelEntry(f, task, heads, tuple(weights), tuple(input_size))
         return f
 
     return wrap(fn) if fn is not None else wrap
@@ -64,6 +68,12 @@ def supports_head(name: str, head: str) -> bool:
     """Whether model `name` can be built with `head` (fixed, attention or ctc)."""
     entry = _MODELS.get(name)
     return entry is None or entry.heads is None or head in entry.heads
+
+
+def default_input_size(name: str) -> tuple[int, int]:
+    """The (height, width) model `name` reads an image at when training is given no --input-size."""
+    entry = _MODELS.get(name)
+    return entry.input_size if entry is not None else INPUT_SIZE
 
 
 def shipped_weights(name: str | None = None) -> list[tuple[str, ShippedWeights]]:
