@@ -71,7 +71,11 @@ def main() -> None:
 
     device = resolve_device(args.device)
     data = default_data_dir()
-    config = TrainConfig(data=str(data))
+    settings = {}
+    if args.run:  # the images at the run's own size and preprocessor
+        meta = ckpt.load_checkpoint(Path(args.run) / ckpt.BEST)["meta"]
+        settings = dict(preprocess=meta["preprocess"], input_size=tuple(meta["input_size"]))
+    config = TrainConfig(data=str(data), **settings)
     prepared = prepare_data(config, data)
     images = torch.from_numpy(prepared.splits["val"].images[: args.images]).to(device)
     model, name = load(args.run, device, len(prepared.alphabet), prepared.length or 1)
