@@ -46,7 +46,8 @@ def load_teacher(
     for name, (want, ok) in expected.items():
         if not ok:
             got = repr(meta.get(name)) if name == "alphabet" else meta.get(name)
-            raise TeacherMismatchError(f"--teacher {where}: {name} is {got}, the student needs {want}")
+            hint = f" (train the student with --input-size {got[0]} {got[1]})" if name == "input_size" and got else ""
+            raise TeacherMismatchError(f"--teacher {where}: {name} is {got}, the student needs {want}{hint}")
     for p in model.parameters():
         p.requires_grad_(False)
     read_views(model, 1)  # the teacher reads every training batch: test-time views would multiply that work

@@ -27,12 +27,17 @@ def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():
 
 
 def test_teacher_must_read_the_same_task(trained_run):
-    ok = dict(alphabet="27bx", length=2, head="attention", preprocess="gray", input_size=(50, 130))
+    from captcha.checkpoint import load_checkpoint
+
+    size = tuple(load_checkpoint(trained_run / "best.pt")["meta"]["input_size"])  # the default model's reading size
+    ok = dict(alphabet="27bx", length=2, head="attention", preprocess="gray", input_size=size)
     teacher = load_teacher(trained_run, torch.device("cpu"), **ok)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     for field, value in (("alphabet", "27bxy"), ("length", 3), ("preprocess", "denoise"), ("input_size", (60, 160))):
         with pytest.raises(TeacherMismatchError, match=field):
             load_teacher(trained_run, torch.device("cpu"), **{**ok, field: value})
+    with pytest.raises(TeacherMismatchError, match=f"train the student with --input-size {size[0]} {size[1]}"):
+        load_teacher(trained_run, torch.device("cpu"), **{**ok, "input_size": (60, 160)})  # the error says how to match
     with pytest.raises(TeacherMismatchError, match="ctc"):
         load_teacher(trained_run, torch.device("cpu"), **{**ok, "head": "ctc"})
 
