@@ -75,9 +75,9 @@ def test_export_can_drop_the_test_time_views(run_dir: Path, tmp_path: Path) -> N
     single = export_onnx(run_dir, tmp_path / "one-view.onnx", verify_images=8, log=lambda s: None, tta=1)
     assert single.agree
     assert {p.key: p.value for p in onnx.load(str(single.path)).metadata_props}["tta"] == "1"
-    model, _ = load_model(run_dir)
+    model, meta = load_model(run_dir)
     model.test_shifts = ()
-    x = np.random.default_rng(0).standard_normal((3, 1, 50, 130)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((3, 1, *meta["input_size"])).astype(np.float32)
     session = ort.InferenceSession(str(single.path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()

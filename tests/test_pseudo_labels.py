@@ -65,7 +65,7 @@ def test_unlabeled_folder_errors_name_the_folder_and_the_bad_file(tmp_path, easy
     with pytest.raises(DataError, match="broken.png"):
         load_unlabeled(TrainConfig(unlabeled=str(tmp_path / "unlabeled"), cache_dir=str(tmp_path / "c")))
     images = load_unlabeled(TrainConfig(unlabeled=str(tmp_path / "unlabeled"), cache_dir=str(tmp_path / "c"), skip_bad=True))
-    assert images.shape == (3, 1, 50, 130) and images.dtype == torch.uint8
+    assert images.shape == (3, 1, *TrainConfig().read_size) and images.dtype == torch.uint8  # the default model's reading size
 
 
 def test_training_with_unlabeled_images_adds_pseudo_labels(trained_run, easy_data, tmp_path):
