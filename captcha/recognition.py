@@ -232,7 +232,8 @@ class RecognitionTask:
         meta["tta"] = config.tta  # validated during training with one view, for speed; the final scores use them all
         scored = {name: splits[name] for name in ("val", "test") if name in splits}
         start = (f"Training {config.model} ({meta['parameters']:,} parameters) on {len(splits['train'])} train / {len(splits['val'])} val images "
-                 f"from {data_dir}, preprocess={config.preprocess}, alphabet={self.alphabet!r} "
+                 f"from {data_dir}, read at {config.read_size[0]} x {config.read_size[1]}, preprocess={config.preprocess}, "
+                 f"alphabet={self.alphabet!r} "
                  f"({len(data.alphabet)} symbols), length={data.length or 'variable'}, device={device}")
         teacher = self._teacher(data, scored["val"], device, log) if config.teacher else None
         return PreparedRun(model, meta, splits["train"], scored, "val", start, teacher, self._pool(splits, device),

@@ -122,9 +122,10 @@ def test_pretrain_command_writes_weights_that_train_finds(tmp_path, easy_data):
 
 
 def test_pretrain_reads_at_the_given_size_in_a_run_folder_of_its_own(tmp_path):
-    work = tmp_path / "work"
+    work, messages = tmp_path / "work", []
     out = pretrain(PretrainConfig(images=32, val_images=16, epochs=1, batch_size=16, input_size=(40, 104), work_dir=str(work),
-                                  out=str(tmp_path / "w.pt")), **QUIET)
+                                  out=str(tmp_path / "w.pt")), log=messages.append)
+    assert any(m.startswith("Training sepnet") and "read at 40 x 104" in m for m in messages)  # the start line says the size
     meta = load_checkpoint(out)["meta"]
     assert meta["input_size"] == [40, 104] and meta["pretraining"]["input_size"] == [40, 104]
     assert (work / "run-sepnet-gray-attention-40x104" / "best.pt").exists()  # never resumed into a run of another size
