@@ -37,11 +37,8 @@ from captcha.train import TrainConfig  # noqa: E402
 from captcha.tta import read_views  # noqa: E402
 
 
-def load(run: str | None, device: torch.device, num_classes: int, length: int) -> tuple[torch.nn.Module, str]:
-    if run:
-        model, meta = ckpt.load_model(Path(run) / ckpt.BEST, device)
-        return model, f"{meta['model']['name']} from {run}"
-    config = TrainConfig()
+def default_model(config: TrainConfig, device: torch.device, num_classes: int, length: int) -> tuple[torch.nn.Module, str]:
+    """The default model, untrained: its reading speed does not depend on its weights."""
     channels = get_preprocessor(config.preprocess).channels
     model = create_model(config.model, num_classes=num_classes, length=length, in_channels=channels, head=config.head)
     model.to(device).to(memory_format=torch.channels_last)  # as `fit` trains it and `load_model` reads it
@@ -71,14 +68,17 @@ def main() -> None:
 
     device = resolve_device(args.device)
     data = default_data_dir()
-    settings = {}
-    if args.run:  # the images at the run's own size and preprocessor
-        meta = ckpt.load_checkpoint(Path(args.run) / ckpt.BEST)["meta"]
-        settings = dict(preprocess=meta["preprocess"], input_size=tuple(meta["input_size"]))
-    config = TrainConfig(data=str(data), **settings)
+    model = None
+    if args.run:  # the images are read at the run's own size and preprocessor
+        model, meta = ckpt.load_model(Path(args.run) / ckpt.BEST, device)
+        name = f"{meta['model']['name']} from {args.run}"
+        config = TrainConfig(data=str(data), preprocess=meta["preprocess"], input_size=tuple(meta["input_size"]))
+    else:
+        config = TrainConfig(data=str(data))
     prepared = prepare_data(config, data)
     images = torch.from_numpy(prepared.splits["val"].images[: args.images]).to(device)
-    model, name = load(args.run, device, len(prepared.alphabet), prepared.length or 1)
+    if model is None:
+        model, name = default_model(config, device, len(prepared.alphabet), prepared.length or 1)
 
     layouts = {"NHWC": torch.channels_last, "NCHW": torch.contiguous_format}
     rows = []

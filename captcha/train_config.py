@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from captcha.augment import AUGMENT_LEVELS
-from captcha.constants import DEFAULT_MAX_PARAMS
+from captcha.constants import DEFAULT_MAX_PARAMS, INPUT_SIZE, READ_SIZE
 from captcha.models import HEAD_TYPES, default_input_size, list_models
 from captcha.options import check_choices, option
 from captcha.plots import PLOT_FORMATS
@@ -29,9 +29,9 @@ class TrainConfig:
 
     data: str | None = option(None, "labeled image folder (default: the built-in generated CAPTCHA set)")
     out: str = option("runs/latest", "run directory: best.pt, last.pt, metrics.csv, learning_curves.png")
-    model: str = option("sepnet", "architecture; sepnet (~82K parameters) reading at --input-size 75 195 reads unseen styles best "
-                        "within 15 minutes of CPU training, sepnet_wide (~290K) has three times the arithmetic, resnet18_mod is "
-                        "the course's model",
+    model: str = option("sepnet", "architecture; sepnet (~82K parameters) at its reading size reads unseen styles best within "
+                        "15 minutes of CPU training, sepnet_wide (~290K) has three times the arithmetic, resnet18_mod is the "
+                        "course's model",
                         choices=lambda: list_models("recognition"))
     preprocess: str = option("gray", "preprocessor; gray reads unseen styles best and the shipped pre-trained weights match it",
                              choices=list_preprocessors)
@@ -60,8 +60,8 @@ class TrainConfig:
     alphabet: str | None = option(None, "symbols, in class order (default: inferred from the training labels)")
     length: int | None = option(None, "characters per CAPTCHA (default: inferred from the training labels; fixed and attention heads)")
     input_size: tuple[int, int] | None = option(None, "size every image is resized to before the model reads it (default: the "
-                                                "model's; sepnet's is 75 195, 1.5 times the course's 50 130, where thin "
-                                                "strokes read far better)", metavar=("H", "W"))
+                                                "model's; sepnet's is {} {}, 1.5 times the course's {} {}, where thin strokes "
+                                                "read far better)".format(*READ_SIZE, *INPUT_SIZE), metavar=("H", "W"))
     skip_bad: bool = option(False, "leave bad files out with a warning instead of stopping")
     cache_dir: str | None = option(None, "where preprocessed datasets are cached (default ~/.cache/captchakit)")
     init: str | None = option("pretrained", "pretrained: the shipped synthetic pre-training weights when they match model, "
