@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # load_generator, for this process
 import _process_tree as process_tree  # noqa: E402
 import numpy as np  # noqa: E402
 
+from serving.batcher import GPU_MAX_BATCH  # noqa: E402
+
 _DDDDOCR_SCRIPT = r"""
 import json, sys, time
 import ddddocr
@@ -78,8 +80,11 @@ def gpu_name() -> str | None:
 def start_server(onnx: Path, port: int, processes: int, device: str, args: argparse.Namespace, log: Path) -> subprocess.Popen:
     """`captcha serve` in a subprocess, its output to `log` (a pipe nobody reads would fill and stall it)."""
     cmd = [sys.executable, "-m", "captcha", "serve", str(onnx), "--host", "127.0.0.1", "--port", str(port), "--processes", str(processes),
-           "--device", device, "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms), "--max-queue", "4096",
-           "--ort-threads", str(args.ort_threads), "--workers", str(args.workers)]
+           "--device", device, "--max-queue", "4096", "--ort-threads", str(args.ort_threads), "--workers", str(args.workers)]
+    if args.max_batch is not None:
+        cmd += ["--max-batch", str(args.max_batch)]
+    if args.max_delay_ms is not None:
+        cmd += ["--max-delay-ms", str(args.max_delay_ms)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -257,9 +262,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", nargs="+", default=["auto"], choices=["auto", "cpu", "cuda"], help="server's --device, one server each")
     parser.add_argument("--clients", type=int, default=1, help="load-generating processes (the client's share of the cores is not the server's)")
     parser.add_argument("--rounds", type=int, default=1, help="go through every server this many times, in turn; the table gives medians")
-    parser.add_argument("--max-batch", type=int, default=32, help="server's --max-batch")
-    parser.add_argument("--ceiling-batches", type=int, nargs="+", help="batch sizes of the in-process model-only figures (default: --max-batch)")
-    parser.add_argument("--max-delay-ms", type=float, default=2.0)
+    parser.add_argument("--max-batch", type=int, help="server's --max-batch (default: the server's own)")
+    parser.add_argument("--ceiling-batches", type=int, nargs="+", help=f"batch sizes of the in-process figures (default: {GPU_MAX_BATCH})")
+    parser.add_argument("--max-delay-ms", type=float, help="server's --max-delay-ms (default: the server's own)")
     parser.add_argument("--ort-threads", type=int, default=0, help="server's --ort-threads (default 0: its own default)")
     parser.add_argument("--workers", type=int, default=0, help="server's --workers (default 0: its own default)")
     parser.add_argument("--ddddocr-python", help="interpreter that has ddddocr (e.g. /work/ddddocr-venv/bin/python); "
@@ -267,7 +272,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ddddocr-venv", help=f"venv for ddddocr, created with `pip install ddddocr` when missing (default {default_ddddocr_venv()})")
     parser.add_argument("--no-ddddocr", action="store_true", help="skip the ddddocr comparison")
     args = parser.parse_args(argv)
-    args.ceiling_batches = args.ceiling_batches or [args.max_batch]
+    args.ceiling_batches = args.ceiling_batches or [GPU_MAX_BATCH]
     args.gpu_memory = {}  # (device, processes) -> nvidia-smi's memory.used while that server runs
     return args
 
@@ -330,8 +335,9 @@ def _median(runs: list[dict], field: str) -> float:
 def print_report(rows: list[tuple], ceilings: dict, args: argparse.Namespace, images: int, extra: list[str]) -> None:
     gpu = gpu_name()
     views = f"; model graph with {args.tta} test-time view(s)" if args.tta and not args.onnx else ""
-    print(f"\nMachine: {machine()}{'; GPU: ' + gpu if gpu else ''}; {images} generated CAPTCHA PNGs{views}; server --max-batch {args.max_batch} "
-          f"--max-delay-ms {args.max_delay_ms:g}; load from {args.clients} client process(es) on the same machine, one connection per call "
+    batching = " ".join(f"{flag} {value:g}" for flag, value in (("--max-batch", args.max_batch), ("--max-delay-ms", args.max_delay_ms))
+                        if value is not None) or "its default batching"
+    print(f"\nMachine: {machine()}{'; GPU: ' + gpu if gpu else ''}; {images} generated CAPTCHA PNGs{views}; server {batching}; load from {args.clients} client process(es) on the same machine, one connection per call "
           f"in flight; batch/stream calls carry {args.batch} images; {args.seconds:g} s per cell; medians over {args.rounds} interleaved round(s)\n")
     rounds = f" (each of {args.rounds} rounds)" if args.rounds > 1 else ""
     print(f"| device | processes | API | concurrency | images/s{rounds} | p50 ms | p99 ms | errors | CPU ms/image: server | client |")

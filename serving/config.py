@@ -46,8 +46,9 @@ class ServeConfig:
                             f"(0: one per available CPU, at most {MAX_AUTO_PROCESSES}; 1: one process)")
     device: str = option("auto", "where ONNX Runtime runs the model (auto: the GPU when onnxruntime-gpu finds one)",
                          choices=("auto", "cpu", "cuda"))
-    max_batch: int = option(32, "largest batch one ONNX Runtime run takes")
-    max_delay_ms: float = option(2.0, "how long the batcher waits to fill a batch")
+    max_batch: int = option(0, "largest batch one ONNX Runtime run takes (0: 8 on the CPU, 32 on CUDA)")
+    max_delay_ms: float = option(0.0, "how long an idle model waits after an image arrives for more to fill its batch (0: it runs "
+                                 "what has arrived; under load images gather while it runs)")
     max_queue: int = option(1024, "queued images per model and process before RESOURCE_EXHAUSTED")
     workers: int = option(0, "decode/preprocess threads per process for multi-image calls (0: the process's share of the CPUs)")
     ort_threads: int = option(0, "ONNX Runtime intra-op threads per process (0: with one process, CPU count - 1, leaving a "
@@ -71,10 +72,10 @@ class ServeConfig:
         if self.token is not None and not self.token.strip():
             raise ValueError("the token is empty (--token \"\" or CAPTCHA_TOKEN set but empty): give a token, "
                              "or leave out both to serve without authentication")
-        for flag, value in (("--max-batch", self.max_batch), ("--max-queue", self.max_queue)):
-            if value < 1:
-                raise ValueError(f"{flag} must be at least 1, not {value}")
-        for flag, value in (("--processes", self.processes), ("--workers", self.workers), ("--ort-threads", self.ort_threads)):
+        if self.max_queue < 1:
+            raise ValueError(f"--max-queue must be at least 1, not {self.max_queue}")
+        for flag, value in (("--processes", self.processes), ("--workers", self.workers), ("--ort-threads", self.ort_threads),
+                            ("--max-batch", self.max_batch)):
             if value < 0:
                 raise ValueError(f"{flag} must be 0 (automatic) or more, not {value}")
         if not self.max_message_mb > 0:

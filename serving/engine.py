@@ -27,7 +27,7 @@ import numpy as np
 from captcha import constants
 from captcha.decoding import Prediction
 from captcha.imageio import ImageDecodeError, read_header
-from serving.batcher import BatcherClosedError, DynamicBatcher, QueueFullError
+from serving.batcher import BatcherClosedError, DynamicBatcher, QueueFullError, default_max_batch
 from serving.metrics import Metrics
 from serving.model import ServedModel
 
@@ -94,9 +94,10 @@ class Engine:
 
     async def add(self, model: ServedModel) -> None:
         """Serve `model` (the first added is the default); warms it up first. On the event loop."""
-        await asyncio.get_running_loop().run_in_executor(None, model.warm_up, self.max_batch)
+        max_batch = self.max_batch or default_max_batch(model.provider)
+        await asyncio.get_running_loop().run_in_executor(None, model.warm_up, max_batch)
         batcher = DynamicBatcher(
-            model.run, self.max_batch, self.max_delay_s, self.max_queue, name=model.name,
+            model.run, max_batch, self.max_delay_s, self.max_queue, name=model.name,
             on_batch=lambda n, name=model.name: self.metrics.observe("captcha_batch_size", n, model=name),
         )
         self.metrics.gauge("captcha_queue_depth", lambda b=batcher: b.depth, model=model.name)

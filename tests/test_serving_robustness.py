@@ -31,6 +31,7 @@ from serving import cli as serving_cli
 from serving._proto.captcha.v1 import recognizer_pb2 as pb
 from serving._proto.inference import grpc_service_pb2 as kpb
 from serving._proto.inference import grpc_service_pb2_grpc as kpb_grpc
+from serving.batcher import CPU_MAX_BATCH
 from serving.client import RecognizerClient, open_channel
 from serving.health_probe import check as health_check
 from serving.health_probe import main as health_probe_main
@@ -464,6 +465,7 @@ def test_the_cli_client_reads_folders_and_checks_the_certificate_name(artifacts,
 def test_a_call_larger_than_the_queue_is_named_and_nonsense_limits_are_refused(artifacts, gated) -> None:
     _gate, start = gated
     _srv, client = start(max_queue=3)
+    assert client.model_info().max_batch_size == CPU_MAX_BATCH  # --max-batch 0: the CPU's batch size
     images = [p.read_bytes() for p in artifacts["images"]]
     with pytest.raises(grpc.RpcError) as err:  # an idle server: not "busy", the call itself is too large
         client.recognize_batch(images[:4])
@@ -471,7 +473,7 @@ def test_a_call_larger_than_the_queue_is_named_and_nonsense_limits_are_refused(a
     assert "4 images in one call; the server queues at most 3 per model (--max-queue)" in err.value.details()
     assert [r.text for r in client.recognize_batch(images[:3])] == _expected(artifacts, artifacts["images"][:3])
     for bad, message in (({"max_queue": 0}, "--max-queue must be at least 1"), ({"max_message_mb": 0}, "--max-message-mb must be positive"),
-                         ({"max_batch": 0}, "--max-batch must be at least 1"), ({"grace_s": -1}, "--grace must be zero or more")):
+                         ({"max_batch": -1}, r"--max-batch must be 0 \(automatic\) or more"), ({"grace_s": -1}, "--grace must be zero or more")):
         with pytest.raises(ValueError, match=message):
             CaptchaServer(ServeConfig(models=[str(artifacts["onnx"])], host="127.0.0.1", port=0, **bad))
 
@@ -715,6 +717,7 @@ def test_echoed_names_are_cut_short_so_the_status_survives(artifacts, small_limi
 
 _DYING_CLIENT = """
 import sys, threading, time
+from serving.batcher import CPU_MAX_BATCH
 from serving.client import RecognizerClient, open_channel
 address, image, count = sys.argv[1], open(sys.argv[2], "rb").read(), int(sys.argv[3])
 client, answered = RecognizerClient(open_channel(address)), threading.Semaphore(0)
