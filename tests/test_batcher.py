@@ -42,12 +42,18 @@ def _row(value: float) -> np.ndarray:
     return np.full((1,), value, np.float32)
 
 
+async def _model_busy(max_batch: int, max_queue: int = 8) -> tuple[GatedModel, DynamicBatcher, asyncio.Future]:
+    """A batcher whose model is held running a first batch (the image 1); its future."""
+    model = GatedModel()
+    batcher = DynamicBatcher(model, max_batch=max_batch, max_delay=0.0, max_queue=max_queue)
+    first = batcher.submit(_row(1))
+    await _until(model.entered.is_set, "the first batch to run")
+    return model, batcher, first
+
+
 def test_the_next_batch_is_what_queued_while_the_model_ran() -> None:
     async def scenario() -> None:
-        model = GatedModel()
-        batcher = DynamicBatcher(model, max_batch=2, max_delay=0.0, max_queue=8)
-        first = batcher.submit(_row(1))
-        await _until(model.entered.is_set, "the first batch to run")
+        model, batcher, first = await _model_busy(2)
         rest = [batcher.submit(_row(v)) for v in (2, 3, 4)]
         assert batcher.depth == 3
         model.release()
@@ -85,10 +91,7 @@ def test_an_idle_model_waits_max_delay_for_a_fuller_batch() -> None:
 
 def test_a_caller_gone_while_its_image_waits_is_dropped_before_the_model_runs() -> None:
     async def scenario() -> None:
-        model = GatedModel()
-        batcher = DynamicBatcher(model, max_batch=2, max_delay=0.0, max_queue=8)
-        first = batcher.submit(_row(1))
-        await _until(model.entered.is_set, "the first batch to run")
+        model, batcher, first = await _model_busy(2)
         gone, kept = batcher.submit(_row(2)), batcher.submit(_row(3))
         gone.cancel()  # what gRPC does to a call whose deadline passed
         model.release()
@@ -101,10 +104,7 @@ def test_a_caller_gone_while_its_image_waits_is_dropped_before_the_model_runs() 
 
 def test_a_full_queue_refuses_at_once() -> None:
     async def scenario() -> None:
-        model = GatedModel()
-        batcher = DynamicBatcher(model, max_batch=1, max_delay=0.0, max_queue=2)
-        running = batcher.submit(_row(1))
-        await _until(model.entered.is_set, "the first batch to run")
+        model, batcher, running = await _model_busy(1, max_queue=2)
         waiting = [batcher.submit(_row(2)), batcher.submit(_row(3))]
         assert batcher.depth == 2
         with pytest.raises(QueueFullError, match="2 images"):
@@ -118,11 +118,8 @@ def test_a_full_queue_refuses_at_once() -> None:
 
 def test_close_finishes_what_is_queued_then_refuses() -> None:
     async def scenario() -> None:
-        model = GatedModel()
-        batcher = DynamicBatcher(model, max_batch=1, max_delay=0.0, max_queue=8)
-        futures = [batcher.submit(_row(1))]
-        await _until(model.entered.is_set, "the first batch to run")
-        futures.append(batcher.submit(_row(2)))
+        model, batcher, first = await _model_busy(1)
+        futures = [first, batcher.submit(_row(2))]
         closing = asyncio.ensure_future(batcher.close())
         await asyncio.sleep(0.05)
         model.release()
