@@ -312,9 +312,10 @@ class RecognitionTask:
         texts = [p.text for p in decode(logits.numpy(), self.alphabet, self.head)]
         return EpochStats(loss, per_char_accuracy(texts, split.labels, width), sequence_accuracy(texts, split.labels), len(split), texts)
 
-    def epoch_lines(self, epoch: int, epochs: int, stage: Stage, train: EpochStats, val: EpochStats, elapsed: float,
+    def epoch_lines(self, epoch: int, epochs: int, stage: Stage, train: EpochStats, val: EpochStats | None, elapsed: float,
                     seconds: float) -> list[str]:
-        return [log_line(epoch, epochs, "train", train, elapsed), log_line(epoch, epochs, "val", val, elapsed)]
+        lines = [log_line(epoch, epochs, "train", train, elapsed)]
+        return lines + [log_line(epoch, epochs, "val", val, elapsed)] if val is not None else lines
 
     def write_history(self, path: Path, history: list[dict]) -> None:
         """metrics.csv: one row per epoch and phase, a column per character."""

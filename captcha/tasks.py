@@ -39,6 +39,7 @@ class RunOptions:
     tensorboard: str | None = None
     distill_weight: float = 0.5
     distill_temperature: float = 2.0
+    validate_from: float = 0.0  # validate after epoch 1 and every epoch past this share of the run (0: every epoch)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -55,6 +56,13 @@ class RunOptions:
             raise ValueError("--distill-weight must be in (0, 1]")
         if self.distill_temperature <= 0:
             raise ValueError("--distill-temperature must be positive")
+        if not 0.0 <= self.validate_from < 1.0:
+            raise ValueError("--validate-from must be in [0, 1): the share of the epochs before validation runs every epoch")
+
+    def validates(self, epoch: int, epochs: int) -> bool:
+        """Whether epoch `epoch` of `epochs` (counted from 1) is validated: the first, and every one
+        past `validate_from` of the run."""
+        return epoch == 1 or epoch > int(self.validate_from * epochs)
 
     @classmethod
     def of(cls, settings: Any, **changes: Any) -> "RunOptions":
@@ -153,7 +161,7 @@ class Task(Protocol):
 
     def eval_scores(self, loss: float, logits: torch.Tensor, split: LabeledImages) -> Scores: ...
 
-    def epoch_lines(self, epoch: int, epochs: int, stage: Stage, train: Scores, val: Scores, elapsed: float, seconds: float) -> list[str]: ...
+    def epoch_lines(self, epoch: int, epochs: int, stage: Stage, train: Scores, val: Scores | None, elapsed: float, seconds: float) -> list[str]: ...
 
     def write_history(self, path: Path, history: list[dict]) -> None: ...
 

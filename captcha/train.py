@@ -225,7 +225,8 @@ def _forward(run: Run, x: torch.Tensor) -> torch.Tensor:
 
 
 def _train_epochs(run: Run, on_epoch_end: Callable[[int, dict], None] | None, log: Log) -> None:
-    """Train epoch after epoch, validating each, until the last or until patience runs out."""
+    """Train epoch after epoch, validating the first and those past `validate_from` of the run,
+    until the last or until patience runs out."""
     timer_start = time.perf_counter() - run.train_seconds
     for epoch in range(run.start_epoch, run.epochs + 1):
         started = time.perf_counter()
@@ -236,11 +237,14 @@ def _train_epochs(run: Run, on_epoch_end: Callable[[int, dict], None] | None, lo
         if run.data.extra is not None:
             run.data.extra.update(epoch, run.eval_model, log)
         train = train_one_epoch(run, stage, f"epoch {epoch}/{run.epochs}")
-        val = score_split(run.task, run.eval_model, run.data.scored[run.data.watch], run.options.eval_batch_size)
+        val = None
+        if run.options.validates(epoch, run.epochs):
+            val = score_split(run.task, run.eval_model, run.data.scored[run.data.watch], run.options.eval_batch_size)
         elapsed = time.perf_counter() - timer_start
         rows = _history_rows(run, epoch, stage, train, val, elapsed)
-        improved = val.score > run.best_score
-        run.best_score, run.best_epoch, run.stale = (val.score, epoch, 0) if improved else (run.best_score, run.best_epoch, run.stale + 1)
+        improved = val is not None and val.score > run.best_score
+        if val is not None:  # early stopping counts validated epochs
+            run.best_score, run.best_epoch, run.stale = (val.score, epoch, 0) if improved else (run.best_score, run.best_epoch, run.stale + 1)
         if dist.is_main():
             for line in run.task.epoch_lines(epoch, run.epochs, stage, train, val, elapsed, time.perf_counter() - started):
                 log(line)
@@ -256,12 +260,13 @@ def _train_epochs(run: Run, on_epoch_end: Callable[[int, dict], None] | None, lo
     dist.barrier()
 
 
-def _history_rows(run: Run, epoch: int, stage: Stage, train: Scores, val: Scores, elapsed: float) -> list[dict]:
-    """The epoch's rows of the history (train and val); a run of several stages names the stage."""
+def _history_rows(run: Run, epoch: int, stage: Stage, train: Scores, val: Scores | None, elapsed: float) -> list[dict]:
+    """The epoch's rows of the history (train, and val when it was validated); a run of several
+    stages names the stage."""
     lr = run.optimizer.param_groups[0]["lr"]
     named = {"stage": stage.name} if len(run.stages) > 1 else {}
     rows = [{"epoch": epoch, **named, "phase": phase, **s.as_dict(), "elapsed": round(elapsed, 3), "lr": lr}
-            for phase, s in (("train", train), ("val", val))]
+            for phase, s in (("train", train), ("val", val)) if s is not None]
     run.history += rows
     if run.board is not None:
         run.board.epoch(rows)

@@ -55,7 +55,9 @@ class TrainConfig:
                       "1 is off, a fifth of the model work per image of 5", choices=lambda: sorted(TTA_VIEWS))
     seed: int = option(0, "seed of the split, the initialisation, the order and the augmentation")
     device: str = option("auto", "where to train (auto: CUDA when available)", choices=DEVICES, check=False)
-    patience: int = option(0, "stop after this many epochs without a better val score; 0 never stops early")
+    patience: int = option(0, "stop after this many validated epochs without a better val score; 0 never stops early")
+    validate_from: float = option(0.67, "validate after the first epoch, then after every epoch past this share of the run, where "
+                                  "the best epoch lies (best.pt is the best validated one); 0: after every epoch")
     max_params: int = option(DEFAULT_MAX_PARAMS, "refuse a model with more parameters", shown="{:,}")
     alphabet: str | None = option(None, "symbols, in class order (default: inferred from the training labels)")
     length: int | None = option(None, "characters per CAPTCHA (default: inferred from the training labels; fixed and attention heads)")

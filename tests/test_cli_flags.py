@@ -65,7 +65,7 @@ def _describe(parser: argparse.ArgumentParser) -> dict[str, dict]:
 
 # Flags added since the flags were generated from the dataclasses: classifiers resume and keep an EMA;
 # --compile: training steps compiled with torch.compile (issue #36).
-NEW_FLAGS = {"classify train": {"--resume", "--ema"}, "train": {"--compile"}, "sweep": {"--compile"},
+NEW_FLAGS = {"classify train": {"--resume", "--ema"}, "train": {"--compile", "--validate-from"}, "sweep": {"--compile", "--validate-from"},
              "pretrain": {"--stream", "--workers", "--input-size"}}  # pre-training on the synthetic stream, at any size (issue #35)
 
 

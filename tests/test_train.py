@@ -1,3 +1,4 @@
+import csv
 import json
 from pathlib import Path
 
@@ -319,7 +320,7 @@ def test_resume_says_which_given_settings_it_ignores(easy_data, tmp_path, monkey
 
 def test_resuming_an_early_stopped_run_trains_no_more(easy_data, tmp_path):
     config = TrainConfig(data=str(easy_data), out=str(tmp_path / "run"), epochs=4, patience=1, lr=1e-9, init="none", tta=1,
-                         cache_dir=str(tmp_path / "cache"), batch_size=128)
+                         cache_dir=str(tmp_path / "cache"), batch_size=128, validate_from=0.0)
     fit(config, **QUIET)
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     last = int(rows[-1].split(",")[0])
@@ -388,3 +389,27 @@ def test_resume_with_nothing_to_resume_is_refused_naming_the_path(easy_data, tmp
     err = capsys.readouterr().err
     assert f"no {typo / 'last.pt'} to continue" in err and "check --out, or start the run without --resume" in err
     assert not typo.exists()
+
+
+def test_validation_runs_after_the_first_epoch_and_the_last_third(easy_data, tmp_path):
+    messages: list[str] = []
+    settings = dict(data=str(easy_data), epochs=6, init="none", tta=1, cache_dir=str(tmp_path / "cache"), batch_size=128)
+    config = TrainConfig(out=str(tmp_path / "run"), **settings)
+    assert config.validate_from == pytest.approx(0.67)
+    result = fit(config, log=messages.append)
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        phases = [(int(r["epoch"]), r["phase"]) for r in csv.DictReader(f)]
+    assert [e for e, phase in phases if phase == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [e for e, phase in phases if phase == "val"] == [1, 5, 6]  # past 0.67 x 6 = 4.02 epochs
+    assert sum("phase: val" in m for m in messages) == 3 and sum("phase: train" in m for m in messages) == 6
+    assert result.best_epoch in (1, 5, 6)
+    # validating every epoch reads more, and changes nothing in training: the same weights at the end
+    every = fit(TrainConfig(out=str(tmp_path / "every"), validate_from=0.0, **settings), **QUIET)
+    with open(tmp_path / "every" / "metrics.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f) if r["phase"] == "val"] == [1, 2, 3, 4, 5, 6]
+    last, last_every = (load_checkpoint(tmp_path / name / "last.pt")["model_state"] for name in ("run", "every"))
+    assert all(torch.equal(last[k], last_every[k]) for k in last)
+    if every.best_epoch in (1, 5, 6):  # the same best epoch: the same checkpoint, the same test reading
+        assert every.test == result.test
+    with pytest.raises(ValueError, match="--validate-from"):
+        TrainConfig(data=str(easy_data), validate_from=1.0)

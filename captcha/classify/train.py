@@ -235,9 +235,10 @@ class ClassificationTask:
     def eval_scores(self, loss: float, logits: torch.Tensor, split: LabeledImages) -> ClassScores:
         return self._scores(loss, logits, split.targets)
 
-    def epoch_lines(self, epoch: int, epochs: int, stage: Stage, train: ClassScores, val: ClassScores, elapsed: float,
+    def epoch_lines(self, epoch: int, epochs: int, stage: Stage, train: ClassScores, val: ClassScores | None, elapsed: float,
                     seconds: float) -> list[str]:
-        return [f"[{stage.name}] epoch {epoch}/{epochs}  train {train.line()}  |  {self.watch} {val.line()}  ({seconds:.1f}s)"]
+        watched = f"  |  {self.watch} {val.line()}" if val is not None else ""
+        return [f"[{stage.name}] epoch {epoch}/{epochs}  train {train.line()}{watched}  ({seconds:.1f}s)"]
 
     def write_history(self, path: Path, history: list[dict]) -> None:
         """metrics.csv: one row per epoch and phase (and stage, in a run of several)."""
