@@ -5,7 +5,8 @@ EMA), restore a resumed run, the epoch loop, and the final report. Training imag
 memory as uint8 tensors on the training device; each batch is normalised and augmented there.
 Every epoch writes `last.pt` (weights, optimizer, scheduler, random states, history), so
 `--resume` continues an interrupted run exactly where it stopped; `best.pt` is the checkpoint
-with the best validation score. Every task writes the same run files: best.pt, last.pt,
+with the best validation score (validation runs after the first epoch and every epoch past
+`validate_from` of the run). Every task writes the same run files: best.pt, last.pt,
 metrics.csv, metrics.json, learning_curves.png, confusion_matrix.png (and tensorboard/ on request).
 """
 
