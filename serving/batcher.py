@@ -85,12 +85,12 @@ class DynamicBatcher:
 
     def submit(self, tensor: np.ndarray) -> asyncio.Future:
         """Queue one sample; the future resolves to its output row. Raises QueueFullError."""
-        future = self._loop.create_future()
         with self._arrived:
             if self._closed:
                 raise BatcherClosedError("the server is shutting down")
             if len(self._queue) >= self.max_queue:
                 raise QueueFullError(f"server busy: {self.max_queue} images already queued")
+            future = self._loop.create_future()
             self._queue.append((tensor, future, time.monotonic()))
             self._arrived.notify()
         return future

@@ -717,7 +717,6 @@ def test_echoed_names_are_cut_short_so_the_status_survives(artifacts, small_limi
 
 _DYING_CLIENT = """
 import sys, threading, time
-from serving.batcher import CPU_MAX_BATCH
 from serving.client import RecognizerClient, open_channel
 address, image, count = sys.argv[1], open(sys.argv[2], "rb").read(), int(sys.argv[3])
 client, answered = RecognizerClient(open_channel(address)), threading.Semaphore(0)
