@@ -19,6 +19,7 @@ instead of starting at random: more pre-training epochs without paying again for
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -154,11 +155,17 @@ class StreamedTask(RecognitionTask):
     """Recognition on images drawn while training goes: epoch e reads images (e-1)*n .. e*n-1 of
     the generator's train stream (n = its train split), validation the first images of its val
     stream, drawn once. The stream is deterministic, so a resumed run reads the images the
-    interrupted one would have."""
+    interrupted one would have.
+
+    Each epoch's images are drawn while the epoch before trains (a background thread feeds the
+    drawing workers), so a trainer whose drawing keeps up never waits for it; an epoch whose
+    images were not drawn ahead (the first after a resume) is drawn when it starts."""
 
     def __init__(self, config, drawn: GeneratorConfig, workers: int, given: set[str] | None = None):
         super().__init__(config, given)
         self.drawn, self.workers = drawn, workers
+        self._drawer: ThreadPoolExecutor | None = None
+        self._ahead: tuple[int, Future] | None = None  # (epoch, its images being drawn)
 
     def resumed(self, saved: dict):
         task, ignored = super().resumed(saved)
@@ -170,11 +177,27 @@ class StreamedTask(RecognitionTask):
 
     def epoch_images(self, data: PreparedData, device):
         def images(epoch: int):
-            if epoch == 1:  # drawn by read_data
-                return None
-            return self.labeled(self._draw(0, (epoch - 1) * self.drawn.splits["train"]), data.alphabet, data.length, device)
+            drawn = None if epoch == 1 else self._epoch_set(epoch)  # epoch 1's were drawn by read_data
+            if epoch < self.config.epochs:
+                self._draw_ahead(epoch + 1)
+            return None if drawn is None else self.labeled(drawn, data.alphabet, data.length, device)
 
         return images
+
+    def _epoch_set(self, epoch: int) -> Dataset:
+        """Epoch `epoch`'s training images: the ones drawn ahead, or drawn now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == epoch:
+            return ahead[1].result()
+        return self._draw(0, self._first_image(epoch))
+
+    def _draw_ahead(self, epoch: int) -> None:
+        if self._drawer is None:
+            self._drawer = ThreadPoolExecutor(1, thread_name_prefix="draw-next-epoch")
+        self._ahead = (epoch, self._drawer.submit(self._draw, 0, self._first_image(epoch)))
+
+    def _first_image(self, epoch: int) -> int:
+        return (epoch - 1) * self.drawn.splits["train"]
 
     def _draw(self, split: int, start: int) -> Dataset:
         count = list(self.drawn.splits.values())[split]

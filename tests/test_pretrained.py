@@ -234,3 +234,23 @@ def test_streamed_pretraining_reads_new_images_every_epoch_and_resumes_on_the_st
     assert second.labels == draw_batch(drawn, 0, 32, 32).labels  # epoch 2: the next 32 images of the stream
     resumed, _ = task.resumed(load_checkpoint(run / "last.pt")["config"])
     assert isinstance(resumed, StreamedTask) and resumed.drawn == drawn
+
+
+def test_streamed_pretraining_draws_each_epoch_while_the_one_before_trains():
+    from captcha.generate import GeneratorConfig
+    from captcha.pretrain import StreamedTask, _train_config
+    from captcha.synth_stream import draw_batch
+
+    config = PretrainConfig(images=16, val_images=8, epochs=3, batch_size=8, stream=True, workers=1)
+    drawn = GeneratorConfig(alphabet=pretrained.PRETRAIN_ALPHABET, styles=("mix",), splits={"train": 16, "val": 8})
+    task = StreamedTask(_train_config(config, None), drawn, workers=1)
+    data, _ = task.read_data()
+    images = task.epoch_images(data, torch.device("cpu"))
+    assert images(1) is None and task._ahead[0] == 2  # epoch 1 trains on read_data's images while epoch 2's are drawn
+    second = images(2)
+    assert second.labels == draw_batch(drawn, 0, 16, 16).labels and task._ahead[0] == 3
+    assert images(3).labels == draw_batch(drawn, 0, 32, 16).labels
+    assert task._ahead is None  # nothing is drawn past the last epoch
+
+    resumed = StreamedTask(_train_config(config, None), drawn, workers=1)  # a resumed run starts at epoch 3, nothing ahead
+    assert resumed.epoch_images(data, torch.device("cpu"))(3).labels == draw_batch(drawn, 0, 32, 16).labels
