@@ -7,7 +7,10 @@ at its shifts and returns the log of the averaged probabilities); decoding, prep
 The checkpoint's meta goes into `metadata_props`, so an .onnx file alone is enough to serve.
 
 Export checks itself: ONNX Runtime and torch must predict the same characters on real CAPTCHA
-images, and the largest logit difference is reported.
+images, and the largest logit difference is reported. `quantize="int8"` writes the int8 form
+for CPU serving instead (`captcha.quantize`, calibrated on the run's training images); its check
+reports how many readings the int8 model shares with torch and refuses one that shares fewer
+than `MIN_INT8_AGREEMENT` of them.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import numpy as np
 import captcha
 from captcha.imageio import list_images
 from captcha.decoding import label_smoothing_of
+from captcha.quantize import QUANTIZATIONS
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
 FORMATS = ("onnx", "triton")
+CALIBRATION_IMAGES = 256  # training images an int8 export measures its activation ranges on
+MIN_INT8_AGREEMENT = 0.9  # share of the check's readings an int8 export must share with torch
 
 
 @dataclass
@@ -38,8 +44,10 @@ class ExportResult:
     path: Path
     verified_images: int
     max_abs_diff: float
-    agree: bool
+    agree: bool  # every check image read alike
     output_shape: list[int]  # per sample, without the batch axis
+    agreeing: int = 0  # check images whose reading ONNX Runtime and torch share
+    quantization: str | None = None
 
 
 def metadata_from_meta(meta: dict[str, Any]) -> dict[str, str]:
@@ -69,6 +77,8 @@ def metadata_from_meta(meta: dict[str, Any]) -> dict[str, str]:
     metrics = meta.get("metrics") or {}
     if metrics:
         props["metrics"] = json.dumps(metrics, default=str)
+    if meta.get("quantization"):
+        props["quantization"] = json.dumps(meta["quantization"])
     return props
 
 
@@ -140,8 +150,10 @@ def _mnist_images(root: Path, count: int, workdir: Path) -> list[Path]:
     return paths
 
 
-def verification_images(meta: dict[str, Any], count: int, workdir: Path) -> list[Path]:
-    """Up to `count` real images: the run's own test/val data, else freshly generated CAPTCHAs.
+def verification_images(meta: dict[str, Any], count: int, workdir: Path,
+                        splits: tuple[str, ...] = ("test", "val", "train", ".")) -> list[Path]:
+    """Up to `count` real images: the run's own data (the first of `splits` that has images), else
+    freshly generated CAPTCHAs.
 
     Recognition data is a flat folder of labelled files; classification data is an ImageFolder
     tree (`split/<class>/<image>`, images then taken from every class) or MNIST IDX files
@@ -150,7 +162,7 @@ def verification_images(meta: dict[str, Any], count: int, workdir: Path) -> list
     data = (meta.get("config") or {}).get("data")
     if data and Path(data).is_dir():
         root = Path(data)
-        for sub in ("test", "val", "train", "."):
+        for sub in splits:
             folder = root / sub
             if folder.is_dir():
                 files = _image_files(folder)
@@ -175,27 +187,33 @@ def verification_images(meta: dict[str, Any], count: int, workdir: Path) -> list
     return _image_files(workdir / "test")
 
 
-def _verify(path: Path, model, meta: dict[str, Any], images: list[Path]) -> tuple[float, bool]:
-    """Run torch and ONNX Runtime (CPU) on the same images; (max |logit diff|, texts agree)."""
-    import onnxruntime as ort
-    import torch
-
-    from captcha.decoding import decode
+def _model_inputs(meta: dict[str, Any], images: list[Path]) -> np.ndarray:
+    """The images as the model reads them: preprocessed and normalised, float32 N x K x H x W."""
     from captcha.imageio import read_image
     from captcha.preprocess import get_preprocessor, normalize
 
     pre = get_preprocessor(meta["preprocess"])
     norm = meta["normalization"]
     size = tuple(meta["input_size"])
-    batch = np.stack([normalize(pre(read_image(p), size), norm["mean"], norm["std"]) for p in images])
+    return np.stack([normalize(pre(read_image(p), size), norm["mean"], norm["std"]) for p in images])
+
+
+def _verify(path: Path, model, meta: dict[str, Any], images: list[Path]) -> tuple[float, int]:
+    """Run torch and ONNX Runtime (CPU) on the same images; (max |logit diff|, images read alike)."""
+    import onnxruntime as ort
+    import torch
+
+    from captcha.decoding import decode
+
+    batch = _model_inputs(meta, images)
     with torch.no_grad():
         expected = model(torch.from_numpy(batch)).float().numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
     labels = meta["alphabet"] if meta["task"] == "recognition" else meta["class_names"]
     head = meta.get("head", "fixed")
-    same = [a.text for a in decode(expected, labels, head)] == [b.text for b in decode(got, labels, head)]
-    return float(np.abs(expected - got).max()), same
+    alike = sum(a.text == b.text for a, b in zip(decode(expected, labels, head), decode(got, labels, head)))
+    return float(np.abs(expected - got).max()), alike
 
 
 def export_onnx(
@@ -205,13 +223,18 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     log=print,
     tta: int | None = None,
+    quantize: str | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
 ) -> ExportResult:
     """Export `run` (a run directory or .pt) to ONNX and verify it against torch.
 
     `verify_images` is a number of images to take from the run's data (or to generate), an
     explicit list of image paths, or 0 to skip the check. `tta` overrides the run's number of
-    test-time views in the graph (1: one view, five times less work per image). Raises RuntimeError when ONNX Runtime
-    and torch disagree on any predicted character.
+    test-time views in the graph (1: one view, five times less work per image). `quantize="int8"`
+    writes the int8 form (default file RUN_DIR/model.int8.onnx), its ranges measured on
+    `calibration_images` of the run's training images. Raises RuntimeError when ONNX Runtime and
+    torch disagree on any predicted character (for int8: on more than 1 - `MIN_INT8_AGREEMENT`
+    of the check's images).
     """
     import torch
 
@@ -228,33 +251,57 @@ def export_onnx(
         raise ValueError(f"--verify-images must be 0 or more, not {verify_images}")
     if out is not None and Path(out).is_dir():
         raise ValueError(f"--out {out}: a folder; name the .onnx file to write (e.g. {Path(out) / 'model.onnx'})")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"--quantize takes {' or '.join(QUANTIZATIONS)}, not {quantize!r}")
+    if quantize and calibration_images < 1:
+        raise ValueError(f"--calibration-images must be at least 1, not {calibration_images}")
     checkpoint = resolve_checkpoint(run)
     model, meta = load_model(checkpoint, "cpu", channels_last=False)
     if tta is not None:
         read_views(model, tta)
         meta = {**meta, "tta": tta}
-    out_path = Path(out) if out else checkpoint.parent / "model.onnx"
+    out_path = Path(out) if out else checkpoint.parent / ("model.int8.onnx" if quantize else "model.onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     h, w = meta["input_size"]
     dummy = torch.zeros(2, int(meta["channels"]), int(h), int(w))
     with torch.no_grad():
         output_shape = list(model(dummy).shape[1:])
-    _torch_export(model, dummy, out_path, opset)
-    _write_metadata(out_path, meta)
-    diff, agree, count = 0.0, True, 0
-    if verify_images:
-        try:
+    diff, agreeing, count = 0.0, 0, 0
+    try:
+        if quantize:
+            meta = {**meta, "quantization": _quantize(model, dummy, meta, out_path, opset, calibration_images)}
+        else:
+            _torch_export(model, dummy, out_path, opset)
+        _write_metadata(out_path, meta)
+        if verify_images:
             with tempfile.TemporaryDirectory() as tmp:
                 images = [Path(p) for p in verify_images] if isinstance(verify_images, list) else verification_images(meta, int(verify_images), Path(tmp))
-                diff, agree = _verify(out_path, model, meta, images)
+                diff, agreeing = _verify(out_path, model, meta, images)
                 count = len(images)
-            log(f"Verified {out_path} on {count} images: ONNX Runtime and torch {'agree on every prediction' if agree else 'DISAGREE'}; max abs logit difference {diff:.3g}")
-            if not agree:
-                raise RuntimeError(f"{out_path}: ONNX Runtime and torch predict different text (max abs logit difference {diff:.3g})")
-        except BaseException:
-            out_path.unlink(missing_ok=True)  # an unverified file is not left where a server would pick it up
-            raise
-    return ExportResult(out_path, count, diff, agree, [int(x) for x in output_shape])
+            kind = "ONNX Runtime (int8)" if quantize else "ONNX Runtime"
+            said = "agree on every prediction" if agreeing == count else f"read {agreeing} of {count} images alike"
+            log(f"Verified {out_path} on {count} images: {kind} and torch {said}; max abs logit difference {diff:.3g}")
+            if agreeing < (MIN_INT8_AGREEMENT * count if quantize else count):
+                raise RuntimeError(f"{out_path}: {kind} and torch predict different text on {count - agreeing} of {count} images "
+                                   f"(max abs logit difference {diff:.3g})" + (f"; an int8 file must read at least {MIN_INT8_AGREEMENT:.0%} "
+                                   "of them alike: export the float model instead" if quantize else ""))
+    except BaseException:
+        out_path.unlink(missing_ok=True)  # an unverified file is not left where a server would pick it up
+        raise
+    return ExportResult(out_path, count, diff, agreeing == count, [int(x) for x in output_shape], agreeing, quantize)
+
+
+def _quantize(model, dummy, meta: dict[str, Any], out_path: Path, opset: int, calibration_images: int) -> dict[str, Any]:
+    """Export the float model to a scratch file and write its int8 form to `out_path`; returns
+    what the file's metadata says of the quantization."""
+    from captcha.quantize import INT8, quantize_int8
+
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path = Path(tmp) / "float.onnx"
+        _torch_export(model, dummy, float_path, opset)
+        images = verification_images(meta, calibration_images, Path(tmp) / "calibration", splits=("train", "val", "test", "."))
+        quantize_int8(float_path, out_path, _model_inputs(meta, images), INPUT_NAME)
+    return {"type": INT8, "format": "QDQ", "weights": "int8 per channel", "activations": "uint8", "calibration_images": len(images)}
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -262,12 +309,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.format == "triton":
         from captcha.export_triton import export_triton
 
-        written = export_triton(args.run, Path(args.out or "model_repository"), args.name, verify_images=count, opset=args.opset, tta=args.tta)
+        written = export_triton(args.run, Path(args.out or "model_repository"), args.name, verify_images=count, opset=args.opset, tta=args.tta,
+                                quantize=args.quantize, calibration_images=args.calibration_images)
         print(f"Wrote the Triton ensemble {written.ensemble} (BYTES \"image\" in; \"text\", \"confidence\", \"char_confidences\" out) "
               f"and its models {', '.join(p.name for p in written.models[1:])} (docs/triton.md)")
         return 0
-    result = export_onnx(args.run, args.out, verify_images=count, opset=args.opset, tta=args.tta)
-    print(f"Wrote {result.path} (input {INPUT_NAME!r} float32 [B, ...], output {OUTPUT_NAME!r} {['B', *result.output_shape]})")
+    result = export_onnx(args.run, args.out, verify_images=count, opset=args.opset, tta=args.tta, quantize=args.quantize,
+                         calibration_images=args.calibration_images)
+    print(f"Wrote {result.path} (input {INPUT_NAME!r} float32 [B, ...], output {OUTPUT_NAME!r} {['B', *result.output_shape]}"
+          f"{', int8 for the CPU provider' if result.quantization else ''})")
     return 0
 
 
@@ -286,4 +336,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs torch check")
     p.add_argument("--tta", type=int, choices=sorted(TTA_VIEWS), help="test-time views in the graph (default: the run's, see "
                    "captcha train --tta); 1 does a fifth of the model work per image of 5")
+    p.add_argument("--quantize", choices=QUANTIZATIONS, help="int8: the int8 form for serving on a CPU (default file "
+                   "RUN_DIR/model.int8.onnx), calibrated on the run's training images; the check then reports how many readings "
+                   "it shares with the float model (docs/serving.md)")
+    p.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES, help="with --quantize, training images "
+                   "the activation ranges are measured on (default %(default)s)")
     p.set_defaults(func=_cmd_export)

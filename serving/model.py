@@ -143,6 +143,8 @@ class ServedModel:
             self.fallback = (f"{providers[0]} was chosen but ONNX Runtime could not start it (see its log above); "
                              f"{self.name} runs on {self.provider}")
         self.spec = ModelSpec.from_props(dict(self.session.get_modelmeta().custom_metadata_map), str(self.path))
+        # "int8" for an int8 export (`captcha export --quantize int8`), "" for a float one
+        self.quantization = json.loads(self.spec.extra["quantization"]).get("type", "") if "quantization" in self.spec.extra else ""
         self._preprocessor = get_preprocessor(self.spec.preprocess)
 
     def preprocess(self, data: bytes, source: str = "<request>") -> np.ndarray:

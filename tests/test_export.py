@@ -135,3 +135,41 @@ def test_export_mistakes_are_named_and_an_unverified_file_is_not_left(run_dir: P
     with pytest.raises(ValueError, match="cannot verify"):
         export_onnx(run_dir, tmp_path / "unverified.onnx", verify_images=4, log=lambda s: None)
     assert not (tmp_path / "unverified.onnx").exists()
+
+
+def test_int8_export_reads_like_the_float_model_and_says_what_it_is(exported, run_dir: Path, tmp_path: Path, capsys) -> None:
+    from serving.model import ServedModel
+
+    lines: list[str] = []
+    result = export_onnx(run_dir, verify_images=16, log=lines.append, quantize="int8", calibration_images=32)
+    assert result.path == run_dir / "model.int8.onnx" and result.quantization == "int8"
+    assert result.agreeing >= 0.9 * result.verified_images == 0.9 * 16
+    assert "ONNX Runtime (int8) and torch" in lines[0]
+    proto = onnx.load(str(result.path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in proto.graph.node}
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["quantization"]) == {"type": "int8", "format": "QDQ", "weights": "int8 per channel",
+                                                 "activations": "uint8", "calibration_images": 32}
+    served = ServedModel("m", result.path, "cpu", 1)
+    assert served.quantization == "int8" and ServedModel("f", exported.path, "cpu", 1).quantization == ""
+    assert served.spec.input_size == tuple(json.loads(props["input_size"]))  # the same float32 input as the float export
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["export", str(run_dir), "--out", str(tmp_path / "q.onnx"), "--quantize", "int8", "--calibration-images", "8",
+                              "--no-verify", "--tta", "1"])  # the wiring; the check is the call above
+    assert args.func(args) == 0
+    assert "int8 for the CPU provider" in capsys.readouterr().out
+    for kwargs, message in (({"quantize": "int4"}, "--quantize takes int8"), ({"quantize": "int8", "calibration_images": 0}, "--calibration-images")):
+        with pytest.raises(ValueError, match=message):
+            export_onnx(run_dir, tmp_path / "bad.onnx", log=lambda s: None, **kwargs)
+
+
+def test_an_int8_export_that_reads_too_differently_is_refused_and_removed(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    import captcha.export
+
+    monkeypatch.setattr(captcha.export, "_verify", lambda *args: (3.0, 10))  # 10 of 16 alike
+    with pytest.raises(RuntimeError, match="10 of 16|6 of 16"):
+        export_onnx(run_dir, tmp_path / "q.onnx", verify_images=16, log=lambda s: None, quantize="int8", calibration_images=8)
+    assert not (tmp_path / "q.onnx").exists()

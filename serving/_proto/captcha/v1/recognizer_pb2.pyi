@@ -91,7 +91,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "task", "head", "alphabet", "class_names", "length", "input_size", "channels", "preprocess", "architecture", "captchakit_version", "max_batch_size", "provider", "is_default")
+    __slots__ = ("name", "version", "task", "head", "alphabet", "class_names", "length", "input_size", "channels", "preprocess", "architecture", "captchakit_version", "max_batch_size", "provider", "is_default", "quantization")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class ModelInfo(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     task: str
@@ -122,7 +123,8 @@ class ModelInfo(_message.Message):
     max_batch_size: int
     provider: str
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., head: _Optional[str] = ..., alphabet: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., length: _Optional[int] = ..., input_size: _Optional[_Iterable[int]] = ..., channels: _Optional[int] = ..., preprocess: _Optional[str] = ..., architecture: _Optional[str] = ..., captchakit_version: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., provider: _Optional[str] = ..., is_default: bool = ...) -> None: ...
+    quantization: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., head: _Optional[str] = ..., alphabet: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., length: _Optional[int] = ..., input_size: _Optional[_Iterable[int]] = ..., channels: _Optional[int] = ..., preprocess: _Optional[str] = ..., architecture: _Optional[str] = ..., captchakit_version: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., provider: _Optional[str] = ..., is_default: bool = ..., quantization: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
