@@ -2,8 +2,9 @@
 
 A field declared with `option(default, help, ...)` carries its help text, its choices and its
 command-line shape; `add_options` builds the argparse flags from the fields (name, type, default,
-choices, help), `given_values` reads back the ones typed, and `check_choices` refuses a value
-outside a field's choices, naming the flag. A new option is one field.
+choices, help), `given_values` reads back the ones typed, `config_from_args` builds the config
+itself from them, and `check_choices` refuses a value outside a field's choices, naming the flag.
+A new option is one field.
 
     @dataclass
     class Config:
@@ -12,14 +13,16 @@ outside a field's choices, naming the flag. A new option is one field.
 
 Types map to flags as argparse users expect: `int`, `float`, `str` (and `X | None`) take one
 value; `tuple[int, int]` takes two; `tuple[str, ...]` one or more; `bool` is `--flag` when it
-defaults to False and `--flag / --no-flag` when it defaults to True. Parsed flags default to None,
-so `given_values` tells what was typed from what was not.
+defaults to False and `--flag / --no-flag` when it defaults to True. A field without a default
+(and without a `flag` of its own) is a positional argument. Parsed flags default to None, so
+`given_values` tells what was typed from what was not.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -31,21 +34,28 @@ Choices = Sequence[Any] | Callable[[], Sequence[Any]]
 def option(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
            choices: Choices | None = None, flag: str | None = None, type: Callable[[str], Any] | None = None,
            nargs: int | str | None = None, metavar: str | tuple[str, ...] | None = None, const: Any = None,
-           shown: str | None = None, required: bool = False, cli: bool = True, check: bool = True) -> Any:
+           shown: str | None = None, required: bool = False, cli: bool = True, check: bool = True,
+           env: str | None = None) -> Any:
     """A dataclass field that is also a command-line option.
 
     `choices` may be a callable (read when a parser is built: a registry's names); `flag`, `type`,
     `nargs`, `metavar` and `const` override what the field's type implies; `shown` is how the
     default reads in `--help` (a `{}` in it is replaced by the default), for defaults that read
     better in words; `cli=False` keeps the field off the command line; `check=False` leaves a
-    value outside `choices` to the code that uses it (`check_choices` skips the field)."""
+    value outside `choices` to the code that uses it (`check_choices` skips the field); `env`
+    names an environment variable `config_from_args` reads, as text, when the flag is not given."""
     metadata = {"help": help, "choices": choices, "flag": flag, "type": type, "nargs": nargs, "metavar": metavar,
-                "const": const, "shown": shown, "required": required, "cli": cli, "check": check}
+                "const": const, "shown": shown, "required": required, "cli": cli, "check": check, "env": env}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def is_positional(f: dataclasses.Field) -> bool:
+    """A field without a default, and without a flag of its own, is a positional argument."""
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and not f.metadata.get("flag")
 
 
 def dest_of(f: dataclasses.Field) -> str:
@@ -94,15 +104,24 @@ def _shape(hint: Any) -> dict[str, Any]:
     return {"type": hint} if hint in (int, float) else {}  # strings stay strings
 
 
+def _shown_default(f: dataclasses.Field) -> str | None:
+    """How a field's default reads in `--help`: its `shown` words, else its environment variable
+    and its value (`$CAPTCHA_TOKEN`, `$NAME, else anon`, `50051`); None when there is nothing to show."""
+    shown, default, env = f.metadata.get("shown"), default_of(f), f.metadata.get("env")
+    if shown is not None:
+        return shown.format(default) if "{}" in shown else shown
+    value = None
+    if default is not None and not isinstance(default, bool) and default not in ("", ()):
+        value = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else str(default)
+    if env:
+        return f"${env}, else {value}" if value else f"${env}"
+    return value
+
+
 def _help(f: dataclasses.Field, shown: str | None) -> str:
     text = f.metadata.get("help", "")
-    default = default_of(f)
     if shown is None:
-        shown = f.metadata.get("shown")
-        if shown is None and default is not None and not isinstance(default, bool) and default not in ("", ()):
-            shown = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else str(default)
-        elif shown is not None and "{}" in shown:
-            shown = shown.format(default)
+        shown = _shown_default(f)
     if shown:
         text = f"{text} (default {shown})" if text else f"default {shown}"
     return text.replace("%", "%%")  # argparse formats help with %
@@ -111,7 +130,8 @@ def _help(f: dataclasses.Field, shown: str | None) -> str:
 def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *, only: Iterable[str] | None = None,
                 skip: Iterable[str] = (), shown: dict[str, str] | None = None, show_defaults: bool = True,
                 keep_defaults: bool = False) -> None:
-    """Add a flag for every option field of dataclass `cls`.
+    """Add a flag for every option field of dataclass `cls` (a positional argument for a field
+    without a default).
 
     Flags default to None (`given_values` then tells what was typed), or to the field's default
     with `keep_defaults`. `shown` replaces how a default reads in `--help`, by field name;
@@ -131,11 +151,11 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
         choices = choices_of(f)
         if choices is not None:
             spec["choices"] = choices
-        if f.metadata.get("required"):
+        if f.metadata.get("required") and not is_positional(f):  # a positional is required already
             spec["required"] = True
         spec["default"] = default_of(f) if keep_defaults else None
         spec["help"] = _help(f, (shown or {}).get(f.name)) if show_defaults else f.metadata.get("help", "").replace("%", "%%")
-        parser.add_argument(flag_of(f), **spec)
+        parser.add_argument(f.name if is_positional(f) else flag_of(f), **spec)
 
 
 def given_values(args: argparse.Namespace, cls: type, only: Iterable[str] | None = None, skip: Iterable[str] = ()) -> dict[str, Any]:
@@ -151,6 +171,19 @@ def given_values(args: argparse.Namespace, cls: type, only: Iterable[str] | None
             value = tuple(value)
         values[dest_of(f)] = value
     return values
+
+
+def config_from_args(args: argparse.Namespace, cls: type) -> Any:
+    """The `cls` that `args` describes: the options given, by field name (`--grace` sets
+    `grace_s`); for a field with an `env` variable whose flag was not given, the variable's text
+    when it is set (an empty one stays empty, for the config to refuse); the defaults for the rest."""
+    names = {dest_of(f): f.name for f in cli_fields(cls)}
+    values = {names[dest]: value for dest, value in given_values(args, cls).items()}
+    for f in cli_fields(cls):
+        env = f.metadata.get("env")
+        if f.name not in values and env and env in os.environ:
+            values[f.name] = os.environ[env]
+    return cls(**values)
 
 
 def join_or(values: Sequence[Any]) -> str:

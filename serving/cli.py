@@ -12,10 +12,11 @@ import threading
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from serving.config import EXIT_AFTER_GRACE_S, from_args
+    from captcha.options import config_from_args
+    from serving.config import EXIT_AFTER_GRACE_S, ServeConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    config = from_args(args)
+    config = config_from_args(args, ServeConfig)
     config.check()  # before the heavy imports: an empty token, a bad limit
     from serving.server import exit_now
     from serving.supervisor import create_server
@@ -84,10 +85,11 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `captcha serve` and `captcha client`."""
-    from serving.config import add_arguments
+    from captcha.options import add_options
+    from serving.config import ServeConfig
 
     p = subparsers.add_parser("serve", help="serve exported ONNX models over gRPC (captcha.v1 + KServe v2)")
-    add_arguments(p)
+    add_options(p, ServeConfig)
     p.set_defaults(func=_cmd_serve)
 
     p = subparsers.add_parser("client", help="recognize images through a running `captcha serve`")

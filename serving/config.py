@@ -1,20 +1,21 @@
 """`captcha serve`'s settings, declared once.
 
-`ServeConfig` is both the server's Python API and the source of its command line: each field
-carries its help text (and any argparse detail) as metadata, and `add_arguments` builds one flag
-per field, so a new server option is one new field. `from_args` turns the parsed flags back into
-a config, `check` refuses nonsense with one line naming the flag, and `resolved` fills in the
-automatic values (processes, threads) for the machine it runs on.
+`ServeConfig` is both the server's Python API and the source of its command line: each field is a
+`captcha.options.option` carrying its help text (and any argparse detail), so a new server option
+is one new field. `captcha.options.add_options` builds the flags from the fields and
+`config_from_args` turns the parsed flags back into a config, as for the training verbs; `check`
+refuses nonsense with one line naming the flag, and `resolved` fills in the automatic values
+(processes, threads) for the machine it runs on.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import typing
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from captcha.options import option
 
 # `--processes 0` (automatic) starts one process per available CPU, but no more than this:
 # past it, memory grows (one ONNX Runtime session and decode pool per process) for little gain.
@@ -28,18 +29,11 @@ KILL_AFTER_S = 0.3
 EXIT_AFTER_GRACE_S = 1.0
 
 
-def option(default, help: str, *, flag: str | None = None, env: str | None = None, **argparse_kwargs) -> typing.Any:
-    """A `ServeConfig` field: its default, its `--help` text, the flag name when it is not the
-    field's, an environment variable read when the flag is not given, and extra argparse settings."""
-    return field(default=default, metadata={"help": help, "flag": flag, "env": env, "argparse": argparse_kwargs})
-
-
 @dataclass
 class ServeConfig:
     """Everything `captcha serve` can set."""
 
-    models: list[str] = field(metadata={"help": "models to serve, as PATH or NAME=PATH; the first is the default",
-                                        "argparse": {"nargs": "+", "metavar": "MODEL.onnx"}})
+    models: list[str] = option(help="models to serve, as PATH or NAME=PATH; the first is the default", metavar="MODEL.onnx")
     host: str = option("0.0.0.0", "listen address for gRPC and metrics")
     port: int = option(50051, "gRPC port (0: any free port)")
     processes: int = option(0, "server processes sharing the gRPC port, each with its own batcher and ONNX Runtime session "
@@ -53,8 +47,7 @@ class ServeConfig:
     workers: int = option(0, "decode/preprocess threads per process for multi-image calls (0: the process's share of the CPUs)")
     ort_threads: int = option(0, "ONNX Runtime intra-op threads per process (0: with one process, CPU count - 1, leaving a "
                               "core to the event loop; with several, the process's share of the CPUs)")
-    token: str | None = option(None, "require `authorization: Bearer TOKEN` on every call but health (default: $CAPTCHA_TOKEN)",
-                               env="CAPTCHA_TOKEN")
+    token: str | None = option(None, "require `authorization: Bearer TOKEN` on every call but health", env="CAPTCHA_TOKEN")
     tls_cert: str | None = option(None, "PEM certificate chain (enables TLS)")
     tls_key: str | None = option(None, "PEM private key (unencrypted)")
     metrics_port: int | None = option(None, "serve Prometheus metrics on this HTTP port (0: any free port), summed over the processes")
@@ -126,51 +119,3 @@ def _cgroup_cpu_quota() -> float | None:
         return None if quota < 0 else quota / int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
-
-
-# ------------------------------------------------------------------------------- command line
-
-
-def _flag(f) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def add_arguments(parser: argparse.ArgumentParser, config_class: type = ServeConfig) -> None:
-    """One argparse argument per field of `config_class`: a positional for a field without a
-    default, else `--field-name` (or the field's own flag) of the field's type."""
-    hints = typing.get_type_hints(config_class)
-    for f in fields(config_class):
-        meta = dict(f.metadata)
-        kwargs = dict(meta.get("argparse", {}))
-        help_text = meta.get("help", "")
-        if f.default is MISSING and f.default_factory is MISSING:
-            parser.add_argument(f.name, help=help_text, **kwargs)
-            continue
-        kind = _scalar_type(hints[f.name])
-        if kind is not bool and "choices" not in kwargs:
-            kwargs.setdefault("metavar", _flag(f)[2:].upper().replace("-", "_"))
-        if f.default is not None and not meta.get("env"):
-            help_text += " (default: %(default)s)"
-        if kind is bool:
-            parser.add_argument(_flag(f), dest=f.name, action="store_true", default=f.default, help=help_text)
-        else:
-            parser.add_argument(_flag(f), dest=f.name, type=kind, default=f.default, help=help_text, **kwargs)
-
-
-def _scalar_type(hint) -> type:
-    """`int`, `float | None` ... -> the argparse type (int, float, str or bool)."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
-
-
-def from_args(args: argparse.Namespace, config_class: type = ServeConfig):
-    """The config the parsed flags describe; a field with an `env` variable reads it when its flag
-    is not given (an empty variable stays empty, for `check` to refuse)."""
-    values = {}
-    for f in fields(config_class):
-        value = getattr(args, f.name, None)
-        if value is None and f.metadata.get("env"):
-            value = os.environ.get(f.metadata["env"])
-        if value is not None:
-            values[f.name] = value
-    return config_class(**values)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from captcha.options import config_from_args
 from serving import cli
-from serving.config import ServeConfig, from_args
+from serving.config import ServeConfig
 
 yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ def _serve_config(docker: dict, args: list[str]) -> ServeConfig:
     assert docker["entrypoint"][:2] == ["captcha", "serve"]
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
-    config = from_args(parser.parse_args(["serve", *docker["entrypoint"][2:], *args]))
+    config = config_from_args(parser.parse_args(["serve", *docker["entrypoint"][2:], *args]), ServeConfig)
     config.check()
     return config
 

@@ -29,9 +29,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from serving_hooks import held_worker
 
+from captcha.options import config_from_args, dest_of
 from serving._proto.captcha.v1 import recognizer_pb2 as pb
 from serving._proto.captcha.v1 import recognizer_pb2_grpc as pb_grpc
-from serving.config import ServeConfig, from_args
+from serving.config import ServeConfig
 from serving.metrics import SummedMetrics
 from serving.server import CaptchaServer
 from serving.supervisor import Supervisor
@@ -418,9 +419,10 @@ def test_every_serve_flag_is_a_config_field_with_its_default() -> None:
     help_text = serve.format_help()
     flags = {a.dest: a.option_strings for a in serve._actions}
     for f in fields(ServeConfig):
-        assert f.name in flags and f.metadata["help"].split("(")[0].strip()[:30] in " ".join(help_text.split())
-    assert from_args(parser.parse_args(["serve", "m.onnx"])) == ServeConfig(models=["m.onnx"])
-    given = from_args(parser.parse_args(["serve", "a.onnx", "b=c.onnx", "--grace", "3", "--processes", "4", "--metrics-port", "9", "--device", "cpu"]))
+        assert dest_of(f) in flags and f.metadata["help"].split("(")[0].strip()[:30] in " ".join(help_text.split())
+    assert config_from_args(parser.parse_args(["serve", "m.onnx"]), ServeConfig) == ServeConfig(models=["m.onnx"])
+    argv = ["serve", "a.onnx", "b=c.onnx", "--grace", "3", "--processes", "4", "--metrics-port", "9", "--device", "cpu"]
+    given = config_from_args(parser.parse_args(argv), ServeConfig)
     assert given == ServeConfig(models=["a.onnx", "b=c.onnx"], grace_s=3.0, processes=4, metrics_port=9, device="cpu")
 
 

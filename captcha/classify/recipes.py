@@ -37,7 +37,7 @@ class Stage:
     that override every stage of a recipe (`epochs` and `lr` take one value per stage too)."""
 
     name: str = option(cli=False)
-    epochs: int = option(help="epochs (one, or one per stage)", nargs="+")
+    epochs: int = option(help="epochs (one, or one per stage)", nargs="+", flag="--epochs")  # flag=: no default, yet a flag
     optimizer: str = option("adam", "update rule", choices=OPTIMIZERS)
     lr: float = option(1e-3, "learning rate (one, or one per stage)", nargs="+")
     momentum: float = option(0.9, "SGD momentum")
