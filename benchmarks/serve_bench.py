@@ -237,7 +237,8 @@ def _prepare(args: argparse.Namespace, tmp: Path) -> tuple[Path, list[Path], lis
             generate_dataset(tmp / "train-data", GeneratorConfig(splits={"train": 200, "val": 50}))
             fit(TrainConfig(data=str(tmp / "train-data"), out=str(tmp / "run"), epochs=2, cache_dir=str(tmp / "cache")), log=lambda s: None)
             run = str(tmp / "run")
-        onnx = export_onnx(run, tmp / "model.onnx", verify_images=8, log=lambda s: None, tta=getattr(args, "tta", None)).path
+        onnx = export_onnx(run, tmp / "model.onnx", verify_images=8, log=lambda s: None, tta=getattr(args, "tta", None),
+                           quantize=getattr(args, "quantize", None)).path
     generate_dataset(tmp / "bench", GeneratorConfig(splits={"test": args.images}, seed=7))
     paths = sorted((tmp / "bench" / "test").glob("*.png"))
     return onnx, paths, [p.stem.split("_", 1)[0] for p in paths], run
@@ -254,6 +255,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--run", help="run directory to export and to measure accuracy with")
     parser.add_argument("--images", type=int, default=512, help="generated CAPTCHA PNGs to use")
     parser.add_argument("--tta", type=int, help="test-time views in the exported graph (default: the run's; 1: one view, the model's least work)")
+    parser.add_argument("--quantize", choices=("int8",), help="serve the int8 export of --run (`captcha export --quantize int8`)")
     parser.add_argument("--seconds", type=float, default=4.0, help="time bound per table cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64, 256], help="calls (streams) in flight")
     parser.add_argument("--modes", nargs="+", default=["unary", "batch", "stream"], choices=["unary", "batch", "stream"])
@@ -335,6 +337,7 @@ def _median(runs: list[dict], field: str) -> float:
 def print_report(rows: list[tuple], ceilings: dict, args: argparse.Namespace, images: int, extra: list[str]) -> None:
     gpu = gpu_name()
     views = f"; model graph with {args.tta} test-time view(s)" if args.tta and not args.onnx else ""
+    views += "; the int8 export" if getattr(args, "quantize", None) and not args.onnx else ""
     batching = " ".join(f"{flag} {value:g}" for flag, value in (("--max-batch", args.max_batch), ("--max-delay-ms", args.max_delay_ms))
                         if value is not None) or "its default batching"
     print(f"\nMachine: {machine()}{'; GPU: ' + gpu if gpu else ''}; {images} generated CAPTCHA PNGs{views}; server {batching}; load from {args.clients} client process(es) on the same machine, one connection per call "

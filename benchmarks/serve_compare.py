@@ -3,8 +3,9 @@
     python benchmarks/serve_compare.py [--onnx model.onnx | --run RUN_DIR] \\
         --variant "before=b45321e:--grpc-threads 300" --variant "after=HEAD" [--rounds 3]
 
-Each `--variant NAME=REV[:SERVER ARGS]` checks REV out into a temporary git worktree (`.` means
-the working tree as it is) and serves the model with that commit's `captcha serve`. Rounds go
+Each `--variant NAME[@MODEL.onnx]=REV[:SERVER ARGS]` checks REV out into a temporary git worktree
+(`.` means the working tree as it is) and serves the model (or the variant's own MODEL.onnx, to
+compare two exports of one run, e.g. float against int8) with that commit's `captcha serve`. Rounds go
 through every variant in turn, so a machine whose speed drifts during the run affects all of them
 alike; the table gives the median images/s over rounds (and each round's figure). The load
 generator is `load_generator.py` in `--clients` processes, sharing the cores with the server.
@@ -30,12 +31,15 @@ from load_generator import LoadGenerator  # noqa: E402
 from serve_bench import _prepare, free_port, machine  # noqa: E402
 
 
-def _parse_variant(text: str) -> tuple[str, str, list[str]]:
-    name, sep, rest = text.partition("=")
+def _parse_variant(text: str) -> tuple[str, str, list[str], Path | None]:
+    label, sep, rest = text.partition("=")
+    name, _, model = label.partition("@")
     if not sep or not name or not rest:
-        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME=REV[:SERVER ARGS]")
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME[@MODEL.onnx]=REV[:SERVER ARGS]")
+    if model and not Path(model).is_file():
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: no such model file {model}")
     rev, _, extra = rest.partition(":")
-    return name, rev, shlex.split(extra)
+    return name, rev, shlex.split(extra), Path(model).resolve() if model else None
 
 
 def _checkout(rev: str, into: Path) -> Path:
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--onnx", help="exported model (default: export --run, or train a tiny one)")
     parser.add_argument("--run", help="run directory to export")
-    parser.add_argument("--variant", action="append", type=_parse_variant, required=True, help="NAME=REV[:SERVER ARGS]; repeat")
+    parser.add_argument("--variant", action="append", type=_parse_variant, required=True, help="NAME[@MODEL.onnx]=REV[:SERVER ARGS]; repeat")
     parser.add_argument("--cells", nargs="+", default=["unary:64", "batch:64", "stream:8"], help="MODE:CONCURRENCY per table row")
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--seconds", type=float, default=3.0, help="time per cell per round")
@@ -78,14 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         onnx, paths, _, _ = _prepare(args, tmp)
         payloads = [p.read_bytes() for p in paths]
-        codes = {name: (_checkout(rev, tmp / f"tree-{i}"), extra) for i, (name, rev, extra) in enumerate(args.variant)}
+        codes = {name: (_checkout(rev, tmp / f"tree-{i}"), extra, model or onnx) for i, (name, rev, extra, model) in enumerate(args.variant)}
         load = LoadGenerator(args.clients, payloads)
         results: dict[tuple[str, tuple[str, int]], list[float]] = {(n, cell): [] for n in codes for cell in cells}
         try:
             for r in range(args.rounds):
-                for name, (code, extra) in codes.items():
+                for name, (code, extra, model) in codes.items():
                     port = free_port()
-                    proc = _serve(code, onnx, port, extra)
+                    proc = _serve(code, model, port, extra)
                     try:
                         for mode, c in cells:
                             out = load.measure(f"127.0.0.1:{port}", mode, c, args.seconds, args.batch)
@@ -96,14 +100,15 @@ def main(argv: list[str] | None = None) -> int:
                         proc.wait(30)
         finally:
             load.close()
-            for code, _ in codes.values():
+            for code, _, _ in codes.values():
                 if code != ROOT:
                     subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(code)], check=False)
 
     names = {"unary": "Recognize", "batch": f"RecognizeBatch ({args.batch}/call)", "stream": f"RecognizeStream ({args.batch}/stream)"}
     print(f"\nMachine: {machine()}; {len(paths)} generated CAPTCHA PNGs; {args.rounds} interleaved rounds of {args.seconds:g} s per cell; "
           "images/s, median (each round)\n")
-    print("| API | concurrency | " + " | ".join(f"{n} ({rev}{' ' + ' '.join(x) if x else ''})" for n, rev, x in args.variant) + " |")
+    print("| API | concurrency | " + " | ".join(f"{n} ({rev}{' ' + ' '.join(x) if x else ''}{', ' + m.name if m else ''})"
+                                               for n, rev, x, m in args.variant) + " |")
     print("|---|---:|" + "---:|" * len(codes))
     for mode, c in cells:
         row = [f"{statistics.median(v):.0f} ({', '.join(f'{x:.0f}' for x in v)})" for v in (results[(n, (mode, c))] for n in codes)]

@@ -71,12 +71,15 @@ def compare(benchmark_script):
     return benchmark_script("serve_compare")
 
 
-def test_compare_variant_syntax(compare) -> None:
-    assert compare._parse_variant("old=b45321e:--grpc-threads 300") == ("old", "b45321e", ["--grpc-threads", "300"])
-    assert compare._parse_variant("now=.") == ("now", ".", [])
-    for bad in ("no-equals", "=HEAD", "name="):
-        with pytest.raises(Exception, match="NAME=REV"):
+def test_compare_variant_syntax(compare, tiny_onnx) -> None:
+    assert compare._parse_variant("old=b45321e:--grpc-threads 300") == ("old", "b45321e", ["--grpc-threads", "300"], None)
+    assert compare._parse_variant("now=.") == ("now", ".", [], None)
+    assert compare._parse_variant(f"int8@{tiny_onnx}=.:--processes 1") == ("int8", ".", ["--processes", "1"], Path(tiny_onnx).resolve())
+    for bad in ("no-equals", "=HEAD", "name=", "@m.onnx=."):
+        with pytest.raises(Exception, match=r"NAME\[@MODEL.onnx\]=REV"):
             compare._parse_variant(bad)
+    with pytest.raises(Exception, match="no such model file"):
+        compare._parse_variant("x@/nowhere/m.onnx=.")
 
 
 def test_compare_runs_a_server_and_prints_a_table(compare, tiny_onnx, capsys) -> None:
