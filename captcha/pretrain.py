@@ -157,28 +157,32 @@ class StreamedTask(RecognitionTask):
     stream, drawn once. The stream is deterministic, so a resumed run reads the images the
     interrupted one would have.
 
-    Each epoch's images are drawn while the epoch before trains (a background thread feeds the
-    drawing workers), so a trainer whose drawing keeps up never waits for it; an epoch whose
-    images were not drawn ahead (the first after a resume) is drawn when it starts."""
+    When training runs on a GPU, each epoch's images are drawn while the epoch before trains (a
+    background thread feeds the drawing workers), so the GPU does not wait for the CPU's drawing;
+    an epoch whose images were not drawn ahead (the first after a resume) is drawn when it starts.
+    On the CPU drawing and training would share the same cores, and one after the other is the
+    faster (docs/pretraining.md); `draw_ahead` overrides that choice."""
 
-    def __init__(self, config, drawn: GeneratorConfig, workers: int, given: set[str] | None = None):
+    def __init__(self, config, drawn: GeneratorConfig, workers: int, given: set[str] | None = None, draw_ahead: bool | None = None):
         super().__init__(config, given)
-        self.drawn, self.workers = drawn, workers
+        self.drawn, self.workers, self.draw_ahead = drawn, workers, draw_ahead
         self._drawer: ThreadPoolExecutor | None = None
         self._ahead: tuple[int, Future] | None = None  # (epoch, its images being drawn)
 
     def resumed(self, saved: dict):
         task, ignored = super().resumed(saved)
-        return StreamedTask(task.config, self.drawn, self.workers, self.given), ignored
+        return StreamedTask(task.config, self.drawn, self.workers, self.given, self.draw_ahead), ignored
 
     def read_data(self) -> tuple[PreparedData, str]:
         splits = {"train": self._draw(0, 0), "val": self._draw(1, 0)}
         return PreparedData(Alphabet(self.drawn.alphabet), self.drawn.length, splits), f"the {self.drawn.styles[0]} stream"
 
     def epoch_images(self, data: PreparedData, device):
+        ahead = device.type != "cpu" if self.draw_ahead is None else self.draw_ahead
+
         def images(epoch: int):
             drawn = None if epoch == 1 else self._epoch_set(epoch)  # epoch 1's were drawn by read_data
-            if epoch < self.config.epochs:
+            if ahead and epoch < self.config.epochs:
                 self._draw_ahead(epoch + 1)
             return None if drawn is None else self.labeled(drawn, data.alphabet, data.length, device)
 

@@ -243,8 +243,13 @@ def test_streamed_pretraining_draws_each_epoch_while_the_one_before_trains():
 
     config = PretrainConfig(images=16, val_images=8, epochs=3, batch_size=8, stream=True, workers=1)
     drawn = GeneratorConfig(alphabet=pretrained.PRETRAIN_ALPHABET, styles=("mix",), splits={"train": 16, "val": 8})
-    task = StreamedTask(_train_config(config, None), drawn, workers=1)
-    data, _ = task.read_data()
+    on_cpu = StreamedTask(_train_config(config, None), drawn, workers=1)
+    data, _ = on_cpu.read_data()
+    first = on_cpu.epoch_images(data, torch.device("cpu"))
+    assert first(1) is None and on_cpu._ahead is None  # on the CPU drawing waits for its epoch: the cores are training
+    assert first(2).labels == draw_batch(drawn, 0, 16, 16).labels and on_cpu._ahead is None
+
+    task = StreamedTask(_train_config(config, None), drawn, workers=1, draw_ahead=True)  # as on a GPU
     images = task.epoch_images(data, torch.device("cpu"))
     assert images(1) is None and task._ahead[0] == 2  # epoch 1 trains on read_data's images while epoch 2's are drawn
     second = images(2)
@@ -252,5 +257,5 @@ def test_streamed_pretraining_draws_each_epoch_while_the_one_before_trains():
     assert images(3).labels == draw_batch(drawn, 0, 32, 16).labels
     assert task._ahead is None  # nothing is drawn past the last epoch
 
-    resumed = StreamedTask(_train_config(config, None), drawn, workers=1)  # a resumed run starts at epoch 3, nothing ahead
+    resumed = StreamedTask(_train_config(config, None), drawn, workers=1, draw_ahead=True)  # a resumed run starts at epoch 3, nothing ahead
     assert resumed.epoch_images(data, torch.device("cpu"))(3).labels == draw_batch(drawn, 0, 32, 16).labels
