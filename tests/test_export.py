@@ -173,3 +173,13 @@ def test_an_int8_export_that_reads_too_differently_is_refused_and_removed(run_di
     with pytest.raises(RuntimeError, match="10 of 16|6 of 16"):
         export_onnx(run_dir, tmp_path / "q.onnx", verify_images=16, log=lambda s: None, quantize="int8", calibration_images=8)
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_int8_benchmark_prints_both_exports_side_by_side(run_dir: Path, benchmark_script, capsys) -> None:
+    bench = benchmark_script("int8")
+    assert bench.main(["--run", str(run_dir), "--limit", "8", "--batches", "1", "2", "--repeats", "1", "--calibration-images", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "Machine:" in out
+    row = next(line for line in out.splitlines() if line.startswith(f"| {run_dir.name} | 1 |")).split("|")[1:-1]
+    assert len(row) == 6 + 2 * 2 and row[2].strip() == "8"  # run, views, images, two accuracies, alike, a float/int8 pair per batch
+    assert all(float(cell) > 0 for cell in row[6:])
