@@ -293,10 +293,11 @@ def _add_data_verbs(sub: argparse._SubParsersAction) -> None:
 
 def _add_run_verbs(sub: argparse._SubParsersAction) -> None:
     """train, evaluate, predict, sweep: the verbs that train and use runs."""
+    from captcha.constants import READ_SIZE
     from captcha.runtime import DEVICES
     from captcha.tta import TTA_VIEWS
 
-    p = sub.add_parser("train", help="train a recognizer (default: sepnet at 75 x 195 on the built-in generated set)")
+    p = sub.add_parser("train", help="train a recognizer (default: sepnet at {} x {} on the built-in generated set)".format(*READ_SIZE))
     _add_training_flags(p)
     p.set_defaults(func=_cmd_train)
 
