@@ -12,8 +12,8 @@ INPUT_SIZE = (INPUT_HEIGHT, INPUT_WIDTH)
 
 # The size the default training recipe reads every image at, (height, width): the course size
 # scaled by 1.8, so that thin strokes survive the network's first downsampling; the largest
-# whose default recipe trains 4000 labels within the 15 minutes of issue #35 on a 2-core CPU
-# (docs/benchmarks.md, *Resolution*). The generator still draws at INPUT_SIZE.
+# whose default recipe stays within the training-time budget (docs/benchmarks.md, *Resolution*).
+# The generator still draws at INPUT_SIZE.
 READ_SIZE = (90, 234)
 
 # Characters per CAPTCHA in the built-in generated set.

@@ -242,20 +242,7 @@ def export_onnx(
     from captcha.checkpoint import load_model, resolve_checkpoint
     from captcha.tta import read_views
 
-    try:  # torch's own range, from a private module: where a torch lacks it, torch checks the opset itself
-        from torch.onnx._constants import ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
-    except ImportError:
-        ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET = 1, 10**6
-    if not ONNX_MIN_OPSET <= opset <= ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET:
-        raise ValueError(f"--opset {opset}: this torch exports opsets {ONNX_MIN_OPSET} to {ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET}")
-    if isinstance(verify_images, int) and verify_images < 0:
-        raise ValueError(f"--verify-images must be 0 or more, not {verify_images}")
-    if out is not None and Path(out).is_dir():
-        raise ValueError(f"--out {out}: a folder; name the .onnx file to write (e.g. {Path(out) / 'model.onnx'})")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise ValueError(f"--quantize takes {' or '.join(QUANTIZATIONS)}, not {quantize!r}")
-    if quantize and calibration_images < 1:
-        raise ValueError(f"--calibration-images must be at least 1, not {calibration_images}")
+    _check_settings(out, verify_images, opset, quantize, calibration_images)
     checkpoint = resolve_checkpoint(run)
     model, meta = load_model(checkpoint, "cpu", channels_last=False)
     if tta is not None:
@@ -275,21 +262,47 @@ def export_onnx(
             _torch_export(model, dummy, out_path, opset)
         _write_metadata(out_path, meta)
         if verify_images:
-            with tempfile.TemporaryDirectory() as tmp:
-                images = [Path(p) for p in verify_images] if isinstance(verify_images, list) else verification_images(meta, int(verify_images), Path(tmp))
-                diff, agreeing = _verify(out_path, model, meta, images)
-                count = len(images)
-            kind = "ONNX Runtime (int8)" if quantize else "ONNX Runtime"
-            said = "agree on every prediction" if agreeing == count else f"read {agreeing} of {count} images alike"
-            log(f"Verified {out_path} on {count} images: {kind} and torch {said}; max abs logit difference {diff:.3g}")
-            if agreeing < (min_agreement * count if quantize else count):
-                raise RuntimeError(f"{out_path}: {kind} and torch predict different text on {count - agreeing} of {count} images "
-                                   f"(max abs logit difference {diff:.3g})" + (f"; an int8 file must read at least {min_agreement:.0%} "
-                                   "of them alike: export the float model instead" if quantize else ""))
+            diff, agreeing, count = _check(out_path, model, meta, verify_images, min_agreement if quantize else 1.0, log)
     except BaseException:
         out_path.unlink(missing_ok=True)  # an unverified file is not left where a server would pick it up
         raise
     return ExportResult(out_path, count, diff, agreeing == count, [int(x) for x in output_shape], agreeing, quantize)
+
+
+def _check_settings(out, verify_images, opset: int, quantize: str | None, calibration_images: int) -> None:
+    """Refuse settings no export can use, naming the flag."""
+    try:  # torch's own range, from a private module: where a torch lacks it, torch checks the opset itself
+        from torch.onnx._constants import ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    except ImportError:
+        ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET = 1, 10**6
+    if not ONNX_MIN_OPSET <= opset <= ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET:
+        raise ValueError(f"--opset {opset}: this torch exports opsets {ONNX_MIN_OPSET} to {ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET}")
+    if isinstance(verify_images, int) and verify_images < 0:
+        raise ValueError(f"--verify-images must be 0 or more, not {verify_images}")
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"--out {out}: a folder; name the .onnx file to write (e.g. {Path(out) / 'model.onnx'})")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"--quantize takes {' or '.join(QUANTIZATIONS)}, not {quantize!r}")
+    if quantize and calibration_images < 1:
+        raise ValueError(f"--calibration-images must be at least 1, not {calibration_images}")
+
+
+def _check(path: Path, model, meta: dict[str, Any], verify_images: int | list[str | Path], min_agreement: float, log) -> tuple[float, int, int]:
+    """Verify the written file against torch on the run's images (or the given ones); raise when
+    the two read fewer than `min_agreement` of them alike. Returns (max |logit diff|, alike, images)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        images = [Path(p) for p in verify_images] if isinstance(verify_images, list) else verification_images(meta, int(verify_images), Path(tmp))
+        diff, agreeing = _verify(path, model, meta, images)
+    count = len(images)
+    quantized = bool(meta.get("quantization"))
+    kind = "ONNX Runtime (int8)" if quantized else "ONNX Runtime"
+    said = "agree on every prediction" if agreeing == count else f"read {agreeing} of {count} images alike"
+    log(f"Verified {path} on {count} images: {kind} and torch {said}; max abs logit difference {diff:.3g}")
+    if agreeing < min_agreement * count:
+        raise RuntimeError(f"{path}: {kind} and torch predict different text on {count - agreeing} of {count} images "
+                           f"(max abs logit difference {diff:.3g})" + (f"; an int8 file must read at least {min_agreement:.0%} "
+                           "of them alike: export the float model instead" if quantized else ""))
+    return diff, agreeing, count
 
 
 def _quantize(model, dummy, meta: dict[str, Any], out_path: Path, opset: int, calibration_images: int) -> dict[str, Any]:

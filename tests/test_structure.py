@@ -33,7 +33,7 @@ LAYERS = {
     "captcha.classify": DATA, "captcha.classify.data": DATA, "captcha.classify.shapes": DATA,
     "captcha.runtime": RUNTIME, "captcha.checkpoint": RUNTIME, "captcha.pretrained": RUNTIME, "captcha.distill": RUNTIME,
     "captcha.tasks": RUNTIME, "captcha.inference": RUNTIME, "captcha.classify.recipes": RUNTIME, "captcha.classify.evaluate": RUNTIME,
-    "captcha.classify.svm": RUNTIME,
+    "captcha.classify.svm": RUNTIME, "captcha.quantize": RUNTIME,
     "captcha.train_config": TRAINING, "captcha.recognition": TRAINING, "captcha.pseudo_labels": TRAINING, "captcha.train": TRAINING,
     "captcha.sweep": TRAINING, "captcha.classify.train": TRAINING, "captcha.classify.sweep": TRAINING,
     "captcha.cli": TOP, "captcha.__main__": TOP, "captcha.export": TOP, "captcha.export_triton": TOP, "captcha.pretrain": TOP, "captcha.classify.cli": TOP,
