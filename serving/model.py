@@ -83,6 +83,7 @@ class ModelSpec:
     input_name: str = "images"
     output_name: str = "logits"
     label_smoothing: float = 0.0  # the training value: decoding rescales confidences by it
+    quantization: str = ""  # "int8" for an int8 export (`captcha export --quantize int8`), "" for a float one
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -107,8 +108,22 @@ class ModelSpec:
             label_smoothing=float(props.get("label_smoothing") or 0.0),
             input_name=props.get("input_name", "images"),
             output_name=props.get("output_name", "logits"),
+            quantization=_quantization(props.get("quantization"), source),
             extra=props,
         )
+
+
+def _quantization(text: str | None, source: str) -> str:
+    """The quantization type an export's metadata names ("" for none), or a clear error naming the file."""
+    if not text:
+        return ""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise ValueError(f"{source}: its 'quantization' metadata is not what `captcha export --quantize` writes: {text[:80]!r}")
+    return value["type"]
 
 
 class ServedModel:
@@ -143,8 +158,7 @@ class ServedModel:
             self.fallback = (f"{providers[0]} was chosen but ONNX Runtime could not start it (see its log above); "
                              f"{self.name} runs on {self.provider}")
         self.spec = ModelSpec.from_props(dict(self.session.get_modelmeta().custom_metadata_map), str(self.path))
-        # "int8" for an int8 export (`captcha export --quantize int8`), "" for a float one
-        self.quantization = json.loads(self.spec.extra["quantization"]).get("type", "") if "quantization" in self.spec.extra else ""
+        self.quantization = self.spec.quantization
         self._preprocessor = get_preprocessor(self.spec.preprocess)
 
     def preprocess(self, data: bytes, source: str = "<request>") -> np.ndarray:

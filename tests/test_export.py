@@ -185,3 +185,14 @@ def test_int8_benchmark_prints_both_exports_side_by_side(run_dir: Path, benchmar
     row = next(line for line in out.splitlines() if line.startswith(f"| {run_dir.name} | 1 |")).split("|")[1:-1]
     assert len(row) == 6 + 2 * 2 and row[2].strip() == "8"  # run, views, images, two accuracies, alike, a float/int8 pair per batch
     assert all(float(cell) > 0 for cell in row[6:])
+
+
+def test_a_file_whose_quantization_metadata_is_not_ours_is_refused_by_name() -> None:
+    from serving.model import ModelSpec
+
+    props = {"task": "recognition", "preprocess": "gray", "alphabet": '"ab"', "input_size": "[50, 130]", "channels": "1"}
+    assert ModelSpec.from_props(props, "m.onnx").quantization == ""
+    assert ModelSpec.from_props({**props, "quantization": '{"type": "int8"}'}, "m.onnx").quantization == "int8"
+    for bad in ("not json", "5", '{"type": 8}'):
+        with pytest.raises(ValueError, match="m.onnx: its 'quantization' metadata"):
+            ModelSpec.from_props({**props, "quantization": bad}, "m.onnx")
