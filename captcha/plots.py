@@ -36,6 +36,19 @@ def _phases(history: list[dict]) -> list[str]:
     return sorted({row["phase"] for row in history}, key=lambda p: (known.index(p) if p in known else len(known), p))
 
 
+def _gapped(epochs: list[int], values: list[float]) -> tuple[list[float], list[float]]:
+    """The points with a break (NaN) wherever epochs were skipped, so that a line joins only
+    consecutive epochs: validation in the last third of a run is not drawn as a straight climb."""
+    xs, ys = [], []
+    for i, (epoch, value) in enumerate(zip(epochs, values)):
+        if i and epoch > epochs[i - 1] + 1:
+            xs.append(float("nan"))
+            ys.append(float("nan"))
+        xs.append(epoch)
+        ys.append(value)
+    return xs, ys
+
+
 def learning_curves(history: list[dict], out: str | Path, metric: str = "sequence_accuracy", metric_label: str = "whole-string accuracy") -> Path:
     """Loss, accuracy (`metric` per phase, plus each character's validation accuracy where the
     rows carry `per_char_accuracy`) and the learning rate per epoch, side by side."""
@@ -49,13 +62,13 @@ def learning_curves(history: list[dict], out: str | Path, metric: str = "sequenc
     for phase in phases:
         rows = [r for r in history if r["phase"] == phase]
         epochs = [r["epoch"] for r in rows]
-        axes[0].plot(epochs, [r["loss"] for r in rows], marker=".", label=phase)
-        axes[1].plot(epochs, [r[metric] for r in rows], marker=".", linewidth=2, label=f"{phase} {metric_label}")
+        axes[0].plot(*_gapped(epochs, [r["loss"] for r in rows]), marker=".", label=phase)
+        axes[1].plot(*_gapped(epochs, [r[metric] for r in rows]), marker=".", linewidth=2, label=f"{phase} {metric_label}")
     val = [r for r in history if r["phase"] == "val" and r.get("per_char_accuracy")]
     for i in range(max((len(r["per_char_accuracy"]) for r in val), default=0)):
         rows = [r for r in val if i < len(r["per_char_accuracy"])]
-        axes[1].plot([r["epoch"] for r in rows], [r["per_char_accuracy"][i] for r in rows], linewidth=0.8, linestyle="--",
-                     alpha=0.7, label=f"val character {i + 1}")
+        axes[1].plot(*_gapped([r["epoch"] for r in rows], [r["per_char_accuracy"][i] for r in rows]), linewidth=0.8, linestyle="--",
+                     marker=".", markersize=3, alpha=0.7, label=f"val character {i + 1}")
     axes[0].set(title="loss (train: on augmented images, with label smoothing)" if "train" in phases else "loss", xlabel="epoch")
     axes[1].set(title="accuracy", xlabel="epoch", ylim=(0.0, 1.01))
     if has_lr:

@@ -69,3 +69,13 @@ def test_tensorboard_without_the_extra_fails_at_start_naming_it(monkeypatch, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "captchakit[tensorboard]" in err[0]
     assert not (tmp_path / "run").exists()  # refused before anything was made
+
+
+def test_learning_curves_break_where_epochs_were_not_validated():
+    import math
+
+    from captcha.plots import _gapped
+
+    xs, ys = _gapped([1, 41, 42, 43], [0.1, 0.8, 0.9, 0.95])  # validated after epoch 1, then in the last third
+    assert xs[0] == 1 and math.isnan(xs[1]) and math.isnan(ys[1]) and xs[2:] == [41, 42, 43] and ys[2:] == [0.8, 0.9, 0.95]
+    assert _gapped([1, 2, 3], [3, 2, 1]) == ([1, 2, 3], [3, 2, 1])  # consecutive epochs: one line, unchanged
