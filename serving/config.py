@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from captcha.options import option
+from captcha.options import check_choices, option
 
 # `--processes 0` (automatic) starts one process per available CPU, but no more than this:
 # past it, memory grows (one ONNX Runtime session and decode pool per process) for little gain.
@@ -60,6 +60,7 @@ class ServeConfig:
 
     def check(self) -> None:
         """Refuse settings that cannot work, with one line naming the flag."""
+        check_choices(self)  # --device, for configs made in Python (the command line refuses it first)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.token is not None and not self.token.strip():

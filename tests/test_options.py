@@ -97,3 +97,11 @@ def test_serve_reads_captcha_token_and_refuses_it_empty(monkeypatch) -> None:
         serve().check()
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "m.onnx", "--device", "gpu"])
+
+
+def test_a_serve_config_made_in_python_refuses_a_device_it_cannot_use() -> None:
+    from serving.config import ServeConfig
+
+    with pytest.raises(ValueError, match="--device must be auto, cpu or cuda, not 'gpu'"):
+        ServeConfig(models=["m.onnx"], device="gpu").check()
+    ServeConfig(models=["m.onnx"], device="cpu").check()
