@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from _machine import describe  # noqa: E402
 from captcha.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: E402
+from captcha.data import label_from_filename  # noqa: E402
 from captcha.export import export_onnx  # noqa: E402
 from captcha.imageio import list_images  # noqa: E402
 from captcha.recognition_data import default_data_dir  # noqa: E402
@@ -41,7 +42,7 @@ def test_split(run: Path, limit: int | None) -> tuple[list[Path], list[str]]:
         files = list_images(data / split) if (data / split).is_dir() else []
         if files:
             files = files[:limit] if limit else files
-            return files, [p.stem.split("_", 1)[0] for p in files]
+            return files, [label_from_filename(p) for p in files]
     raise SystemExit(f"{run}: its data folder {data} has no test or val images")
 
 

@@ -35,6 +35,7 @@ DEFAULT_OPSET = 17
 FORMATS = ("onnx", "triton")
 CALIBRATION_IMAGES = 256  # training images an int8 export measures its activation ranges on
 MIN_INT8_AGREEMENT = 0.9  # share of the check's readings an int8 export must share with torch
+VERIFY_SEED, CALIBRATION_SEED = 1234, 4321  # generated images for a run without data: the check never reads the calibration's
 
 
 @dataclass
@@ -151,9 +152,9 @@ def _mnist_images(root: Path, count: int, workdir: Path) -> list[Path]:
 
 
 def verification_images(meta: dict[str, Any], count: int, workdir: Path,
-                        splits: tuple[str, ...] = ("test", "val", "train", ".")) -> list[Path]:
+                        splits: tuple[str, ...] = ("test", "val", "train", "."), seed: int = VERIFY_SEED) -> list[Path]:
     """Up to `count` real images: the run's own data (the first of `splits` that has images), else
-    freshly generated CAPTCHAs.
+    freshly generated CAPTCHAs (drawn from `seed`).
 
     Recognition data is a flat folder of labelled files; classification data is an ImageFolder
     tree (`split/<class>/<image>`, images then taken from every class) or MNIST IDX files
@@ -182,7 +183,7 @@ def verification_images(meta: dict[str, Any], count: int, workdir: Path,
     length = meta.get("length") or 4
     generate_dataset(
         workdir,
-        GeneratorConfig(alphabet=meta["alphabet"], length=length, size=tuple(meta["input_size"]), splits={"test": count}, seed=1234),
+        GeneratorConfig(alphabet=meta["alphabet"], length=length, size=tuple(meta["input_size"]), splits={"test": count}, seed=seed),
     )
     return _image_files(workdir / "test")
 
@@ -308,14 +309,14 @@ def _check(path: Path, model, meta: dict[str, Any], verify_images: int | list[st
 def _quantize(model, dummy, meta: dict[str, Any], out_path: Path, opset: int, calibration_images: int) -> dict[str, Any]:
     """Export the float model to a scratch file and write its int8 form to `out_path`; returns
     what the file's metadata says of the quantization."""
-    from captcha.quantize import INT8, quantize_int8
+    from captcha.quantize import quantize_int8
 
     with tempfile.TemporaryDirectory() as tmp:
         float_path = Path(tmp) / "float.onnx"
         _torch_export(model, dummy, float_path, opset)
-        images = verification_images(meta, calibration_images, Path(tmp) / "calibration", splits=("train", "val", "test", "."))
-        quantize_int8(float_path, out_path, _model_inputs(meta, images), INPUT_NAME)
-    return {"type": INT8, "format": "QDQ", "weights": "int8 per channel", "activations": "uint8", "calibration_images": len(images)}
+        images = verification_images(meta, calibration_images, Path(tmp) / "calibration", splits=("train", "val", "test", "."),
+                                     seed=CALIBRATION_SEED)
+        return quantize_int8(float_path, out_path, _model_inputs(meta, images), INPUT_NAME)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -25,9 +25,10 @@ QUANTIZATIONS = (INT8,)
 CALIBRATION_BATCH = 32  # images a calibration run reads at once
 
 
-def quantize_int8(src: Path, out: Path, calibration: np.ndarray, input_name: str = "images") -> None:
+def quantize_int8(src: Path, out: Path, calibration: np.ndarray, input_name: str = "images") -> dict:
     """Write `out`, the int8 form of the float ONNX model `src`, its activation ranges measured on
-    `calibration` (float32 N x K x H x W, normalised as the model reads). Metadata is not copied."""
+    `calibration` (float32 N x K x H x W, normalised as the model reads). Metadata is not copied;
+    returns what the file's metadata should say of the quantization."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -47,3 +48,4 @@ def quantize_int8(src: Path, out: Path, calibration: np.ndarray, input_name: str
         quant_pre_process(str(src), str(prepared))  # shapes inferred and graph folded, as ONNX Runtime advises before quantizing
         quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return {"type": INT8, "format": "QDQ", "weights": "int8 per channel", "activations": "uint8", "calibration_images": len(calibration)}

@@ -158,7 +158,6 @@ class ServedModel:
             self.fallback = (f"{providers[0]} was chosen but ONNX Runtime could not start it (see its log above); "
                              f"{self.name} runs on {self.provider}")
         self.spec = ModelSpec.from_props(dict(self.session.get_modelmeta().custom_metadata_map), str(self.path))
-        self.quantization = self.spec.quantization
         self._preprocessor = get_preprocessor(self.spec.preprocess)
 
     def preprocess(self, data: bytes, source: str = "<request>") -> np.ndarray:

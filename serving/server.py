@@ -165,8 +165,8 @@ class CaptchaServer:
                 lines.append(model.fallback)
             elif f"ONNX Runtime runs on {model.provider}" not in lines:
                 lines.append(f"ONNX Runtime runs on {model.provider}")
-            if model.quantization and model.provider != "CPUExecutionProvider":
-                lines.append(f"{name} is an {model.quantization} export, made for the CPU provider: on {model.provider} the float export "
+            if model.spec.quantization and model.provider != "CPUExecutionProvider":
+                lines.append(f"{name} is an {model.spec.quantization} export, made for the CPU provider: on {model.provider} the float export "
                              "(`captcha export RUN` without --quantize) runs faster")
         self.engine.ready.set()
         return lines

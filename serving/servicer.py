@@ -199,7 +199,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             preprocess=spec.preprocess, architecture=spec.architecture, captchakit_version=spec.captchakit_version,
             max_batch_size=entry.batcher.max_batch, provider=entry.model.provider,
             is_default=entry.model.name == self.engine.default,
-            quantization=entry.model.quantization,
+            quantization=spec.quantization,
         )
 
     @_rpc("GetModelInfo")

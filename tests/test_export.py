@@ -154,7 +154,7 @@ def test_int8_export_reads_like_the_float_model_and_says_what_it_is(exported, ru
     assert json.loads(props["quantization"]) == {"type": "int8", "format": "QDQ", "weights": "int8 per channel",
                                                  "activations": "uint8", "calibration_images": 32}
     served = ServedModel("m", result.path, "cpu", 1)
-    assert served.quantization == "int8" and ServedModel("f", exported.path, "cpu", 1).quantization == ""
+    assert served.spec.quantization == "int8" and ServedModel("f", exported.path, "cpu", 1).spec.quantization == ""
     assert served.spec.input_size == tuple(json.loads(props["input_size"]))  # the same float32 input as the float export
 
     parser = argparse.ArgumentParser()
