@@ -77,7 +77,8 @@ def gpu_name() -> str | None:
     return _nvidia_smi("name")
 
 
-def start_server(onnx: Path, port: int, processes: int, device: str, args: argparse.Namespace, log: Path) -> subprocess.Popen:
+def start_server(onnx: Path, port: int, processes: int, device: str, args: argparse.Namespace, log: Path,
+                 metrics_port: int | None = None) -> subprocess.Popen:
     """`captcha serve` in a subprocess, its output to `log` (a pipe nobody reads would fill and stall it)."""
     cmd = [sys.executable, "-m", "captcha", "serve", str(onnx), "--host", "127.0.0.1", "--port", str(port), "--processes", str(processes),
            "--device", device, "--max-queue", "4096", "--ort-threads", str(args.ort_threads), "--workers", str(args.workers)]
@@ -85,6 +86,8 @@ def start_server(onnx: Path, port: int, processes: int, device: str, args: argpa
         cmd += ["--max-batch", str(args.max_batch)]
     if args.max_delay_ms is not None:
         cmd += ["--max-delay-ms", str(args.max_delay_ms)]
+    if metrics_port is not None:
+        cmd += ["--metrics-port", str(metrics_port)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -263,6 +266,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, nargs="+", default=sorted({1, available_cpus()}), help="server's --processes, one server each")
     parser.add_argument("--device", nargs="+", default=["auto"], choices=["auto", "cpu", "cuda"], help="server's --device, one server each")
     parser.add_argument("--clients", type=int, default=1, help="load-generating processes (the client's share of the cores is not the server's)")
+    parser.add_argument("--load-generator", choices=("python", "h2load"), default="python",
+                        help="python: load_generator.py in --clients processes; h2load: nghttp2's C load tester in --clients "
+                             "threads, far less client CPU a call (unary and batch only; h2load_generator.py)")
     parser.add_argument("--rounds", type=int, default=1, help="go through every server this many times, in turn; the table gives medians")
     parser.add_argument("--max-batch", type=int, help="server's --max-batch (default: the server's own)")
     parser.add_argument("--ceiling-batches", type=int, nargs="+", help=f"batch sizes of the in-process figures (default: {GPU_MAX_BATCH})")
@@ -274,6 +280,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ddddocr-venv", help=f"venv for ddddocr, created with `pip install ddddocr` when missing (default {default_ddddocr_venv()})")
     parser.add_argument("--no-ddddocr", action="store_true", help="skip the ddddocr comparison")
     args = parser.parse_args(argv)
+    if args.load_generator == "h2load" and "stream" in args.modes:
+        parser.error("--load-generator h2load measures unary and batch calls only: leave stream out of --modes")
     args.ceiling_batches = args.ceiling_batches or [GPU_MAX_BATCH]
     args.gpu_memory = {}  # (device, processes) -> nvidia-smi's memory.used while that server runs
     return args
@@ -283,18 +291,19 @@ def measure_servers(onnx: Path, payloads: list[bytes], args: argparse.Namespace,
     """(device, processes, mode, concurrency, results of every round) for every server and cell.
     Rounds go through every server in turn, so a machine whose speed drifts affects all alike.
     A server that does not start (e.g. `--device cuda` without a usable GPU) is reported and skipped."""
-    from load_generator import LoadGenerator
-
     results: dict[tuple, list[dict]] = {}
     failed: set[tuple[str, int]] = set()
-    with LoadGenerator(args.clients, payloads) as load:
+    with _load_generator(args, payloads) as load:
         for r in range(args.rounds):
             for device in args.device:
                 for processes in args.processes:
                     if (device, processes) in failed:
                         continue
                     port, log = free_port(), tmp / f"serve-{device}-{processes}.log"
-                    proc = start_server(onnx, port, processes, device, args, log)
+                    metrics_port = free_port() if args.load_generator == "h2load" else None  # where h2load's runs read gRPC errors
+                    if metrics_port:
+                        load.metrics_address = f"127.0.0.1:{metrics_port}"
+                    proc = start_server(onnx, port, processes, device, args, log, metrics_port)
                     try:
                         wait_serving(f"127.0.0.1:{port}", proc, log)
                     except RuntimeError as exc:
@@ -316,13 +325,25 @@ def measure_servers(onnx: Path, payloads: list[bytes], args: argparse.Namespace,
     return [(*key, runs) for key, runs in results.items()]
 
 
+def _load_generator(args: argparse.Namespace, payloads: list[bytes]):
+    """The load generator `--load-generator` names, with `--clients` processes (threads for h2load)."""
+    if args.load_generator == "h2load":
+        from h2load_generator import H2LoadGenerator
+
+        return H2LoadGenerator(args.clients, payloads)
+    from load_generator import LoadGenerator
+
+    return LoadGenerator(args.clients, payloads)
+
+
 def _cell(load, proc: subprocess.Popen, port: int, key: tuple, args: argparse.Namespace, round_index: int) -> dict:
     """One table cell, key (device, processes, mode, concurrency): the load generator's figures
     plus the server's own CPU per image."""
     device, processes, mode, concurrency = key
     cpu = process_tree.cpu_seconds(proc.pid)
     out = load.measure(f"127.0.0.1:{port}", mode, concurrency, args.seconds, args.batch)
-    out["server_cpu_ms_per_image"] = 1000 * (process_tree.cpu_seconds(proc.pid) - cpu) / max(1, out["images_per_s"] * args.seconds)
+    loaded = out.get("loaded_s", args.seconds)  # seconds the server was under load (h2load's warm-up included)
+    out["server_cpu_ms_per_image"] = 1000 * (process_tree.cpu_seconds(proc.pid) - cpu) / max(1, out["images_per_s"] * loaded)
     print(f"round {round_index + 1} {device:4s} processes={processes:<3d} {mode:6s} c={concurrency:<4d} {out['images_per_s']:8.1f} img/s  "
           f"p50 {out['p50_ms']:.1f} ms  p99 {out['p99_ms']:.1f} ms  "
           f"errors {out['errors']}  CPU/image: server {out['server_cpu_ms_per_image']:.2f} ms, client {out['client_cpu_ms_per_image']:.2f} ms",
@@ -340,7 +361,7 @@ def print_report(rows: list[tuple], ceilings: dict, args: argparse.Namespace, im
     views += "; the int8 export" if getattr(args, "quantize", None) and not args.onnx else ""
     batching = " ".join(f"{flag} {value:g}" for flag, value in (("--max-batch", args.max_batch), ("--max-delay-ms", args.max_delay_ms))
                         if value is not None) or "its default batching"
-    print(f"\nMachine: {machine()}{'; GPU: ' + gpu if gpu else ''}; {images} generated CAPTCHA PNGs{views}; server {batching}; load from {args.clients} client process(es) on the same machine, one connection per call "
+    print(f"\nMachine: {machine()}{'; GPU: ' + gpu if gpu else ''}; {images} generated CAPTCHA PNGs{views}; server {batching}; load from {_load_words(args)} on the same machine, one connection per call "
           f"in flight; batch/stream calls carry {args.batch} images; {args.seconds:g} s per cell; medians over {args.rounds} interleaved round(s)\n")
     rounds = f" (each of {args.rounds} rounds)" if args.rounds > 1 else ""
     print(f"| device | processes | API | concurrency | images/s{rounds} | p50 ms | p99 ms | errors | CPU ms/image: server | client |")
@@ -363,6 +384,12 @@ def print_report(rows: list[tuple], ceilings: dict, args: argparse.Namespace, im
         print(line)
     for line in extra:
         print(line)
+
+
+def _load_words(args: argparse.Namespace) -> str:
+    if args.load_generator == "h2load":
+        return f"h2load ({args.clients} thread(s), every call the same image)"
+    return f"{args.clients} client process(es)"
 
 
 def summary(rows: list[tuple], ceilings: dict, args: argparse.Namespace) -> list[str]:

@@ -5,6 +5,7 @@ run real servers and print their tables."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,62 @@ def test_the_gpu_script_runs_on_the_cpu_and_prints_the_table(tiny_onnx) -> None:
         assert float(row[4]) > 0 and row[7].strip() == "0"  # images/s, errors
     assert "cpu: unary, best over concurrency: --processes 2 answers" in out.stdout
     assert "ORT model only (batch 8)" in out.stdout and "Machine:" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def h2(benchmark_script):
+    benchmark_script("load_generator")  # h2load_generator imports it by its bare name, as the benchmarks run
+    return benchmark_script("h2load_generator")
+
+
+def test_h2load_bodies_are_grpc_messages_the_server_reads(h2) -> None:
+    """A body is gRPC's framing (flag, big-endian length) around the request that the Python
+    generator would send; a stream is refused (h2load times it as a whole)."""
+    from serving._proto.captcha.v1 import recognizer_pb2 as pb
+
+    body = h2.request_body("unary", b"png-bytes", 16)
+    assert body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
+    assert pb.RecognizeRequest.FromString(body[5:]).image == b"png-bytes"
+    batch = pb.RecognizeBatchRequest.FromString(h2.request_body("batch", b"x", 3)[5:])
+    assert list(batch.images) == [b"x"] * 3
+    with pytest.raises(ValueError, match="stream"):
+        h2.request_body("stream", b"x", 3)
+
+
+def test_h2load_errors_come_from_the_servers_metrics_and_latencies_from_its_log(h2, tmp_path: Path, monkeypatch) -> None:
+    """gRPC failures travel in trailers h2load does not read: they are the server's non-OK codes,
+    less the calls h2load cancels at its deadline; latencies are the log's 2xx rows, in ms."""
+    text = "\n".join([
+        'captcha_requests_total{code="OK",method="Recognize"} 120.0',
+        'captcha_requests_total{code="CANCELLED",method="Recognize"} 8.0',
+        'captcha_requests_total{code="RESOURCE_EXHAUSTED",method="Recognize"} 3.0',
+        'captcha_requests_total{code="INVALID_ARGUMENT",method="RecognizeBatch"} 1.0',
+        'captcha_images_total{model="m"} 500.0',
+    ])
+
+    class Reply:
+        def read(self) -> bytes:
+            return text.encode()
+
+    monkeypatch.setattr(h2.urllib.request, "urlopen", lambda url, timeout: Reply())
+    assert h2.failed_calls("127.0.0.1:9") == 4.0
+    assert h2.failed_calls(None) is None
+    log = tmp_path / "requests.log"
+    log.write_text("1700000000000000\t200\t1500\n1700000000000100\t200\t2500\n1700000000000200\t-1\t9000\n")
+    assert list(h2._latencies_ms(log)) == [1.5, 2.5]
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load is not installed (apt-get install nghttp2-client)")
+def test_serve_bench_with_h2load_measures_a_real_server(bench, tiny_onnx, capsys) -> None:
+    """serve_bench.py --load-generator h2load: rows with images/s, no errors, a client far cheaper
+    than the server; and it refuses stream calls, which it cannot time per image."""
+    assert bench.main(["--onnx", tiny_onnx, "--processes", "1", "--modes", "unary", "batch", "--concurrency", "2", "--seconds", "0.5",
+                       "--images", "8", "--no-ddddocr", "--load-generator", "h2load", "--ceiling-batches", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| auto | 1 |")]
+    assert {r[2].split("(")[0].strip() for r in rows} == {"Recognize", "RecognizeBatch"}
+    for row in rows:
+        assert float(row[4]) > 0 and row[7].strip() == "0" and float(row[9]) < float(row[8])  # images/s, errors, client < server CPU
+    assert "load from h2load" in out
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--load-generator", "h2load", "--modes", "unary", "stream"])
