@@ -1,6 +1,6 @@
 """Training speed against a naive PyTorch loop on the same data, accuracy beside every time.
 
-    python benchmarks/train_speed.py [--device auto] [--rows naive course default] [--repeat 2]
+    python benchmarks/train_speed.py [--device auto] [--rows naive course course-b128 course-b256 default] [--repeat 2]
                                      [--data DIR] [--epochs N]
 
 Each row is a whole process, run in turn on the same prepared data (decoded once first, so every
@@ -9,7 +9,9 @@ row reads the warm cache), `--repeat` times interleaved:
 - naive:   `benchmarks/naive_train.py`, a plain loop (resnet18_mod, pooled heads, batch 64, fp32,
            Adam, tensors on the device, no augmentation, no validation), the reference;
 - course:  `captcha train --model resnet18_mod --preprocess denoise --epochs 25 --init none`;
-- default: `captcha train` (the default recipe, validation every epoch included).
+- course-b128, course-b256: the course command at batch 128 (lr 1.4e-2) and 256 (lr 2e-2),
+           whether larger batches pay on this device;
+- default: `captcha train` (the default recipe, validation included).
 
 Prints a Markdown table naming the machine: wall seconds of the whole process, training seconds
 (the log's Elapsed, validation included), the first epoch, the ratio to the naive loop's training
@@ -41,8 +43,12 @@ from captcha.train_config import TrainConfig  # noqa: E402
 ROWS = {
     "naive": ("naive loop: resnet18_mod, pooled heads, batch 64, fp32, no augmentation", 25),
     "course": ("captcha train --model resnet18_mod --preprocess denoise --epochs 25 --init none", 25),
+    "course-b128": ("the same with --batch-size 128 --lr 1.4e-2 (the learning rate scaled by the square root of the batch)", 25),
+    "course-b256": ("the same with --batch-size 256 --lr 2e-2", 25),
     "default": (f"captcha train (default recipe: {TrainConfig.model}, {TrainConfig.epochs} epochs)", TrainConfig.epochs),
 }
+
+BATCH_ROWS = {"course-b128": ["--batch-size", "128", "--lr", "1.4e-2"], "course-b256": ["--batch-size", "256", "--lr", "2e-2"]}
 
 
 def command(row: str, epochs: int, args: argparse.Namespace, data: Path, cache: str, out: Path) -> list[str]:
@@ -50,8 +56,11 @@ def command(row: str, epochs: int, args: argparse.Namespace, data: Path, cache: 
     if row == "naive":
         return [sys.executable, str(ROOT / "benchmarks" / "naive_train.py"), *common]
     train = [sys.executable, "-m", "captcha", "train", *common, "--out", str(out)]
+    course = ["--model", "resnet18_mod", "--preprocess", "denoise", "--init", "none"]
     if row == "course":
-        return train + ["--model", "resnet18_mod", "--preprocess", "denoise", "--init", "none"]
+        return train + course
+    if row.startswith("course-b"):  # the course recipe at a larger batch
+        return train + course + BATCH_ROWS[row]
     return train
 
 

@@ -84,3 +84,29 @@ def test_bf16_autocast_only_where_the_cpu_has_bf16_arithmetic(monkeypatch, nativ
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert bf16_pays(torch.device("cpu")) is expected
     assert bf16_pays(torch.device("cuda")) is True
+
+
+def test_the_gpu_training_script_runs_on_the_cpu_and_prints_the_table(tiny_data):
+    """benchmarks/train_gpu.sh as it runs on the GPU machine (step profile, then train_speed.py's
+    table), here on the CPU with one epoch of a small set: a row per recipe with a time, an
+    accuracy, and the ratio to the naive loop of the same round."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(["bash", str(root / "benchmarks" / "train_gpu.sh"), "--device", "cpu", "--epochs", "1", "--repeat", "1",
+                          "--data", str(tiny_data), "--rows", "naive", "course", "course-b128"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| host reads of a tensor's value, outside the optimizer | 0.00 |" in out.stdout, out.stdout[-2000:]  # the step profile
+    lines = out.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| row |"))
+    rows = [line.split("|")[1:-1] for line in lines[header + 2 :] if line.startswith("| ")]
+    table = {r[0].strip(): r for r in rows}
+    assert len(table) == 3 and all(float(r[3]) > 0 for r in table.values())  # training seconds
+    for name, row in table.items():
+        assert row[6].strip().endswith("%"), name  # test whole-string accuracy
+        assert (row[5].strip() == "") == name.startswith("naive"), name  # the ratio, for every row but the reference
+    assert "Machine:" in out.stdout and "median training / naive, course:" in out.stdout
