@@ -6,8 +6,9 @@
 For each `--device` and each `--processes` value, starts `captcha serve` in a subprocess on a
 loopback port and drives it with `benchmarks/load_generator.py` from `--clients` processes of
 their own (unary Recognize, RecognizeBatch of --batch images, RecognizeStream with --batch images
-per stream) at each concurrency; then measures the in-process ONNX Runtime ceiling and ddddocr
-(from its own venv, in a subprocess). Every loop is bounded in count and time. Prints a Markdown
+per stream) at each concurrency, or with `h2load` (`--load-generator h2load`, unary and batch
+calls, far less client CPU a call: `benchmarks/h2load_generator.py`); then measures the in-process
+ONNX Runtime ceiling and ddddocr (from its own venv, in a subprocess). Every loop is bounded in count and time. Prints a Markdown
 table naming the machine, the speed-up of each --processes value over the first for unary calls,
 and how close the batch API comes to the in-process ceiling.
 
