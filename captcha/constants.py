@@ -10,11 +10,11 @@ INPUT_HEIGHT = 50
 INPUT_WIDTH = 130
 INPUT_SIZE = (INPUT_HEIGHT, INPUT_WIDTH)
 
-# The size the default training recipe reads every image at, (height, width): the course size
-# scaled by 1.8, so that thin strokes survive the network's first downsampling; the largest
-# whose default recipe stays within the training-time budget (docs/benchmarks.md, *Resolution*).
-# The generator still draws at INPUT_SIZE.
-READ_SIZE = (90, 234)
+# The size the default training recipe reads every image at, (height, width): about twice the
+# course size, so that thin strokes survive the network's first downsampling; the widest the
+# attention heads take (64 feature columns), and within the default recipe's training-time budget
+# (docs/benchmarks.md, *Resolution*). The generator still draws at INPUT_SIZE.
+READ_SIZE = (100, 253)
 
 # Characters per CAPTCHA in the built-in generated set.
 DEFAULT_LENGTH = 4

@@ -62,8 +62,8 @@ class TrainConfig:
     alphabet: str | None = option(None, "symbols, in class order (default: inferred from the training labels)")
     length: int | None = option(None, "characters per CAPTCHA (default: inferred from the training labels; fixed and attention heads)")
     input_size: tuple[int, int] | None = option(None, "size every image is resized to before the model reads it (default: the "
-                                                "model's; sepnet's is {} {}, {:g} times the course's {} {}, where thin strokes "
-                                                "read far better)".format(*READ_SIZE, READ_SIZE[0] / INPUT_SIZE[0], *INPUT_SIZE), metavar=("H", "W"))
+                                                "model's; sepnet's is {} {}, about {:.0f} times the course's {} {}, where thin "
+                                                "strokes read far better)".format(*READ_SIZE, READ_SIZE[0] / INPUT_SIZE[0], *INPUT_SIZE), metavar=("H", "W"))
     skip_bad: bool = option(False, "leave bad files out with a warning instead of stopping")
     cache_dir: str | None = option(None, "where preprocessed datasets are cached (default ~/.cache/captchakit)")
     init: str | None = option("pretrained", "pretrained: the shipped synthetic pre-training weights when they match model, "

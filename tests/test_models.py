@@ -75,7 +75,7 @@ def test_each_model_declares_the_size_it_reads_and_training_follows_it():
 
     from captcha.train_config import TrainConfig
 
-    assert default_input_size("sepnet") == READ_SIZE  # 1.8x the course size: thin strokes survive the stem
+    assert default_input_size("sepnet") == READ_SIZE  # about twice the course size: thin strokes survive the stem
     assert default_input_size("resnet18_mod") == default_input_size("baseline") == INPUT_SIZE  # the course's size
     config = TrainConfig()
     assert config.input_size is None and config.read_size == READ_SIZE

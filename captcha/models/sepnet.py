@@ -75,7 +75,7 @@ class SepNetBody(nn.Module):
 @register_model(weights=(ShippedWeights("sepnet-gray-attention.pt", preprocess="gray", head="attention"),), input_size=READ_SIZE)
 def sepnet(num_classes: int, length: int = 4, in_channels: int = 1, head: str = "attention") -> Recognizer:
     """Depthwise-separable residual net, ~85K parameters at 62 symbols: the default recognizer. It
-    reads images at 1.8 times the course size by default, where thin strokes survive its stem."""
+    reads images at about twice the course size by default, where thin strokes survive its stem."""
     body = SepNetBody(in_channels)
     return Recognizer(body, make_head(head, body.out_features, num_classes, length))
 
