@@ -6,7 +6,9 @@ Trains one epoch on a small generated set (256 training images) at a tiny batch,
 overhead dominates, under `torch.profiler`, and counts what runs inside each step (the trainer
 marks every step with `record_function("captcha.train_step")`): operators, and the calls that make
 the host wait for the device (`aten::item`/`_local_scalar_dense`, `aten::is_nonzero`, copies to
-the CPU, `aten::nonzero`). Prints a table naming the machine, and the most frequent operators.
+the CPU, `aten::nonzero`). Prints a table naming the machine, the training arithmetic of one image
+with each head (`torch.utils.flop_counter`, forward and backward; the naive loop of train_speed.py
+uses fixed heads, `captcha train` attention heads), and the most frequent operators.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import describe  # noqa: E402
 
 from captcha.generate import GeneratorConfig, generate_dataset  # noqa: E402
+from captcha.models import create_model, default_input_size  # noqa: E402
 from captcha.train import STEP_MARK, TrainConfig, fit  # noqa: E402
 
 # Operators whose result the host must wait for: each is a synchronisation on a GPU.
@@ -59,6 +62,18 @@ def step_ops(prof) -> tuple[int, Counter, Counter]:
     return steps, inside, waits
 
 
+def training_flops(model: str, head: str, classes: int = 19, length: int = 4, batch: int = 8) -> float:
+    """FLOPs of one training image (forward and backward) of `model` with `head`, at the model's
+    reading size and one input channel, counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = create_model(model, num_classes=classes, length=length, in_channels=1, head=head)
+    x = torch.randn(batch, 1, *default_input_size(model))
+    with FlopCounterMode(display=False) as counter:
+        net(x).float().sum().backward()
+    return counter.get_total_flops() / batch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -83,6 +98,9 @@ def main() -> None:
     print(f"| operators (aten::, nested included) | {sum(n for k, n in inside.items() if k.startswith('aten::')) / steps:.1f} |")
     print(f"| host reads of a tensor's value, outside the optimizer | {waits['elsewhere'] / steps:.2f} |")
     print(f"| host reads inside the optimizer's step | {waits['optimizer'] / steps:.2f} |")
+    size = "x".join(map(str, default_input_size(args.model)))
+    for head in ("fixed", "attention"):
+        print(f"| training MFLOP an image, {head} heads, {size} (flop_counter) | {training_flops(args.model, head) / 1e6:.1f} |")
     print("\nOn a CPU a host read costs no wait; on a GPU each is a synchronisation. torch's fused CPU"
           "\noptimizers read their step count on the host, the CUDA ones on the device.")
     print("\nMost frequent operators per step:")

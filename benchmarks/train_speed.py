@@ -40,15 +40,15 @@ from _machine import describe  # noqa: E402
 from captcha.recognition_data import default_data_dir, prepare_data  # noqa: E402
 from captcha.train_config import TrainConfig  # noqa: E402
 
+# The course recipe at larger batches, the learning rate scaled by the square root of the batch.
+BATCH_ROWS = {"course-b128": ["--batch-size", "128", "--lr", "1.4e-2"], "course-b256": ["--batch-size", "256", "--lr", "2e-2"]}
+
 ROWS = {
     "naive": ("naive loop: resnet18_mod, pooled heads, batch 64, fp32, no augmentation", 25),
     "course": ("captcha train --model resnet18_mod --preprocess denoise --epochs 25 --init none", 25),
-    "course-b128": ("the same with --batch-size 128 --lr 1.4e-2 (the learning rate scaled by the square root of the batch)", 25),
-    "course-b256": ("the same with --batch-size 256 --lr 2e-2", 25),
+    **{row: ("the same with " + " ".join(flags), 25) for row, flags in BATCH_ROWS.items()},
     "default": (f"captcha train (default recipe: {TrainConfig.model}, {TrainConfig.epochs} epochs)", TrainConfig.epochs),
 }
-
-BATCH_ROWS = {"course-b128": ["--batch-size", "128", "--lr", "1.4e-2"], "course-b256": ["--batch-size", "256", "--lr", "2e-2"]}
 
 
 def command(row: str, epochs: int, args: argparse.Namespace, data: Path, cache: str, out: Path) -> list[str]:
@@ -59,7 +59,7 @@ def command(row: str, epochs: int, args: argparse.Namespace, data: Path, cache: 
     course = ["--model", "resnet18_mod", "--preprocess", "denoise", "--init", "none"]
     if row == "course":
         return train + course
-    if row.startswith("course-b"):  # the course recipe at a larger batch
+    if row in BATCH_ROWS:
         return train + course + BATCH_ROWS[row]
     return train
 
