@@ -3,6 +3,7 @@
     python benchmarks/accuracy.py [--styles eval-plain eval-scriptc eval-lines eval-thin] [--train 4000 ...] [--unlabeled 8000]
                                   [--try augment=strong ...] [--recipes N...] [--grid [--grid-models M...] [--grid-epochs N]]
                                   [--workdir DIR] [--plot FILE]
+    python benchmarks/accuracy.py --plot-from docs/images/label_curve_eval_thin.csv --plot docs/images/label_curve_eval_thin.png
 
 For each held-out evaluation style (`captcha.generate.EVAL_STYLES`: fonts, colours, distortion
 and noise unlike every pre-training style; `eval-thin` draws thin warped strokes under a thick
@@ -26,6 +27,8 @@ trains anyway, take 13-24 s per epoch each on a 2-core CPU).
 `--train` takes several label counts for a learning curve: the same test images for each (the
 generator draws each split from its own seeded stream, and a larger train split begins with the
 smaller one's images); `--plot FILE` draws whole-string accuracy against labels (PNG or SVG).
+`--plot-from CSV` draws it from figures kept as CSV instead of training (columns series,
+labels, whole_string in %, machine), so a plot that joins runs of several days can be redrawn.
 
 `--workdir DIR` keeps the generated data and every trained run there (for `captcha evaluate`,
 `--errors`, other view counts) instead of in a temporary folder that is removed at the end.
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import dataclasses
 import string
 import sys
@@ -124,21 +128,23 @@ def _train_style(args, trial: dict, tmp: Path, style: str, labels: int, done: in
     return rows
 
 
-def _plot_curve(rows: list[tuple], path: str, machine: str) -> None:
-    """Whole-string test accuracy against labeled images, a line per style and recipe."""
+def _plot_curve(points: list[tuple[str, int, float]], path: str, machine: str) -> None:
+    """Whole-string test accuracy (%) against labeled images, a line per series: points are
+    (series, labels, accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for style, recipe in dict.fromkeys((style, recipe) for style, _, recipe, _ in rows):
-        points = sorted((labels, r.test["sequence_accuracy"] * 100) for s, labels, rec, r in rows if (s, rec) == (style, recipe))
-        ax.plot(*zip(*points), marker="o", label=f"{style}, {recipe}")
-        for x, y in points:
-            ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    for number, series in enumerate(dict.fromkeys(name for name, _, _ in points)):
+        line = sorted((labels, accuracy) for name, labels, accuracy in points if name == series)
+        drawn = ax.plot(*zip(*line), marker="o", label=series)[0]
+        for x, y in line:  # figures above the first, third, ... line and below the others, so close lines stay legible
+            ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6 if number % 2 == 0 else -12),
+                        ha="center", fontsize=8, color=drawn.get_color())
     ax.set_xscale("log", base=2)
-    ticks = sorted({labels for _, labels, _, _ in rows})
+    ticks = sorted({labels for _, labels, _ in points})
     ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
     ax.set(xlabel="labeled training images", ylabel="whole-string test accuracy (%)", title="How accuracy grows with labels")
     ax.grid(alpha=0.3)
@@ -148,6 +154,22 @@ def _plot_curve(rows: list[tuple], path: str, machine: str) -> None:
     fig.savefig(path)
     plt.close(fig)
     print(f"Wrote {path}", file=sys.stderr)
+
+
+def _read_curve(path: str) -> tuple[list[tuple[str, int, float]], str]:
+    """A label curve kept as CSV (series, labels, whole_string in %, machine), as docs/images holds
+    the figures of runs made at different times: its points and the machines it names."""
+    points, machines = [], []
+    with open(path, newline="") as f:
+        for number, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                points.append((row["series"], int(row["labels"]), float(row["whole_string"])))
+            except (KeyError, TypeError, ValueError):
+                raise SystemExit(f"--plot-from: {path} line {number} needs series, labels (an integer) and whole_string (a percentage)") from None
+            machines.append(row.get("machine") or "")
+    if not points:
+        raise SystemExit(f"--plot-from: {path} has no rows")
+    return points, "; ".join(m for m in dict.fromkeys(machines) if m)
 
 
 def main() -> None:
@@ -164,9 +186,17 @@ def main() -> None:
     parser.add_argument("--try", dest="trial", nargs="+", metavar="KEY=VALUE", default=[],
                         help="also run the default recipe with these TrainConfig changes (e.g. augment=strong epochs=80)")
     parser.add_argument("--plot", help="draw whole-string test accuracy against --train labels into this file (.png or .svg)")
+    parser.add_argument("--plot-from", metavar="CSV",
+                        help="draw --plot from this CSV of earlier runs (series,labels,whole_string,machine) instead of training")
     parser.add_argument("--workdir", help="keep the generated data and the trained runs in this folder (default: a temporary one, removed)")
     args = parser.parse_args()
     trial = _parse_changes(args.trial)
+    if args.plot_from:
+        if not args.plot:
+            parser.error("--plot-from needs --plot FILE")
+        points, machines = _read_curve(args.plot_from)
+        _plot_curve(points, args.plot, machines)
+        return
 
     rows = []
     workdir = contextlib.nullcontext(args.workdir) if args.workdir else tempfile.TemporaryDirectory()
@@ -192,7 +222,8 @@ def main() -> None:
             chars = " / ".join(f"{a * 100:.1f}" for a in r.test["per_char_accuracy"])
             print(f"| {style} | {labels:,} | {recipe} | {r.parameters:,} | {chars} | {r.test['sequence_accuracy'] * 100:.2f}% | {r.train_seconds:.0f} s |")
         if args.plot:
-            _plot_curve(rows, args.plot, describe())
+            _plot_curve([(f"{style}, {recipe}", labels, r.test["sequence_accuracy"] * 100) for style, labels, recipe, r in rows],
+                        args.plot, describe())
     if grid:
         print(f"\nR1 grid, default recipe at {base.epochs} epochs, built-in course-style set (4000/1000/3000, 19 symbols)\n")
         print(markdown_table(grid), end="")

@@ -79,3 +79,24 @@ def test_several_label_counts_make_a_learning_curve_with_a_plot(accuracy, monkey
     out = capsys.readouterr().out
     assert "| eval-thin | 1,000 | default recipe |" in out and "| eval-thin | 2,000 | default recipe |" in out
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_plot_from_a_csv_of_earlier_runs_draws_without_training(accuracy, monkeypatch, tmp_path, capsys):
+    table = tmp_path / "curve.csv"
+    table.write_text("series,labels,whole_string,machine\n"
+                     "eval-thin a,1000,77.3,AMD EPYC\neval-thin a,4000,90.9,AMD EPYC\neval-thin b,1000,51.4,Intel Xeon\n")
+    plot = tmp_path / "curve.png"
+    drawn, configs = _stub_run(accuracy, monkeypatch, ["--plot-from", str(table), "--plot", str(plot)])
+    assert drawn == [] and configs == []  # nothing drawn or trained
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    assert accuracy._read_curve(str(table)) == ([("eval-thin a", 1000, 77.3), ("eval-thin a", 4000, 90.9),
+                                                ("eval-thin b", 1000, 51.4)], "AMD EPYC; Intel Xeon")
+
+
+def test_plot_from_names_the_line_that_is_wrong(accuracy, monkeypatch, tmp_path):
+    table = tmp_path / "curve.csv"
+    table.write_text("series,labels,whole_string\neval-thin,1000,77.3\neval-thin,lots,80\n")
+    with pytest.raises(SystemExit, match="curve.csv line 3 needs series, labels"):
+        _stub_run(accuracy, monkeypatch, ["--plot-from", str(table), "--plot", str(tmp_path / "c.png")])
+    with pytest.raises(SystemExit):  # --plot-from without --plot is a usage error
+        _stub_run(accuracy, monkeypatch, ["--plot-from", str(table)])
