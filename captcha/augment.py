@@ -22,21 +22,23 @@ _LEVELS = {
 _ELASTIC_GRID = (5, 13)  # control points of the smooth displacement field (rows, columns)
 
 
-def augment_batch(x: torch.Tensor, level: str, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, level: str, generator: torch.Generator | None = None, ink_curves: float = 0.0) -> torch.Tensor:
     """Random affine (rotation, scale, shift, shear) per image; at `strong` also a smooth elastic
-    displacement, a blur of random strength on some images, and pixel noise.
+    displacement, a blur of random strength on some images, and pixel noise. Then, on an
+    `ink_curves` share of the images, one extra curve in the ink's colour (`draw_ink_curves`).
 
     `x` is normalised B x C x H x W; the area moved in from outside fills with each image's
     background, the median of its outermost pixels (light after `gray`, dark after `denoise`).
     """
-    if level == "none":
-        return x
-    rot, scale, shift, shear, noise, elastic, blur = _LEVELS[level]
     b = x.shape[0]
     dev = x.device
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return torch.rand(b, generator=generator, device="cpu").to(dev) * (hi - lo) + lo
+
+    if level == "none":
+        return draw_ink_curves(x, ink_curves, uniform) if ink_curves > 0 else x
+    rot, scale, shift, shear, noise, elastic, blur = _LEVELS[level]
 
     angle = uniform(-rot, rot) * (math.pi / 180)
     s = uniform(1 - scale, 1 + scale)
@@ -63,7 +65,34 @@ def augment_batch(x: torch.Tensor, level: str, generator: torch.Generator | None
         out = torch.lerp(out, blurred, strength.to(x.dtype).view(b, 1, 1, 1))
     if noise > 0:
         out = out + torch.randn(out.shape, generator=generator, device="cpu").to(dev) * noise
-    return out
+    return draw_ink_curves(out, ink_curves, uniform) if ink_curves > 0 else out
+
+
+def draw_ink_curves(x: torch.Tensor, share: float, uniform) -> torch.Tensor:
+    """On a `share` of the images, one sine curve over 50-100% of the width, 3-8% of the height
+    thick, in each image's ink colour: its 1% quantile, the ink of dark text on a light
+    background as `gray` gives it (on a dark background the curve takes the background's colour).
+
+    Practice at reading characters a curve of their own colour crosses, as many CAPTCHAs draw:
+    the model sees such occlusions at every position, not only where its few labeled images
+    have them. `uniform(lo, hi)` draws one value an image from the batch's generator.
+    """
+    b, _, h, w = x.shape
+    dev, dtype = x.device, x.dtype
+    on = (uniform(0, 1) < share).to(dtype)
+    ink = torch.quantile(x.reshape(b, -1).float(), 0.01, dim=1).to(dtype)
+    middle, amplitude = uniform(0.3, 0.7) * h, uniform(0.05, 0.25) * h
+    frequency, phase = uniform(0.5, 2.0) * 2 * math.pi / w, uniform(0, 2 * math.pi)
+    thickness = uniform(0.03, 0.08) * h
+    start = uniform(0.0, 0.5) * w
+    end = start + uniform(0.5, 1.0) * w
+    xs = torch.arange(w, device=dev, dtype=dtype)
+    ys = torch.arange(h, device=dev, dtype=dtype)
+    centre = middle[:, None] + amplitude[:, None] * torch.sin(frequency[:, None] * xs + phase[:, None])  # B x W
+    cover = (thickness[:, None, None] / 2 - (ys[None, :, None] - centre[:, None, :]).abs() + 0.5).clamp(0, 1)  # B x H x W, antialiased
+    span = ((xs >= start[:, None]) & (xs <= end[:, None])).to(dtype)  # B x W
+    cover = cover * span[:, None, :] * on[:, None, None]
+    return torch.lerp(x, ink.view(b, 1, 1, 1).expand_as(x), cover[:, None])
 
 
 def _border_median(x: torch.Tensor) -> torch.Tensor:

@@ -289,7 +289,7 @@ class RecognitionTask:
                       lambda optimizer, steps: make_scheduler(optimizer, config, steps))]
 
     def inputs(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return augment_batch(normalize_batch(batch), self.config.augment, generator)
+        return augment_batch(normalize_batch(batch), self.config.augment, generator, self.config.ink_curves)
 
     def train_scores(self, loss_sum: float, logits: torch.Tensor, split: LabeledImages, index: torch.Tensor) -> EpochStats:
         """Epoch statistics, summed over every process when training is distributed."""

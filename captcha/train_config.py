@@ -51,6 +51,8 @@ class TrainConfig:
     augment: str = option("light", "random augmentation on the training device", choices=AUGMENT_LEVELS)
     augment_views: int = option(1, "independently augmented copies of each image in every step (batch augmentation); 2 with half "
                                 "the --batch-size and half the --epochs does the same work, and read no better than 1")
+    ink_curves: float = option(0.0, "share of augmented training images that get one extra random curve in the ink's colour, "
+                               "practice at reading through curves drawn over the text; 0 is off")
     tta: int = option(5, "views read per image when evaluating and serving: the image and its one-pixel shifts, averaged; "
                       "1 is off, a fifth of the model work per image of 5", choices=lambda: sorted(TTA_VIEWS))
     seed: int = option(0, "seed of the split, the initialisation, the order and the augmentation")
@@ -99,6 +101,8 @@ class TrainConfig:
             raise ValueError("--length does not apply to --head ctc, which reads labels of any length")
         if self.augment_views > 1 and self.augment == "none":
             raise ValueError("--augment-views above 1 needs --augment light or strong: unaugmented copies are the same image")
+        if not 0.0 <= self.ink_curves <= 1.0:
+            raise ValueError("--ink-curves must be in [0, 1]")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("--label-smoothing must be in [0, 1)")
         if not 0.0 < self.pseudo_threshold <= 1.0:

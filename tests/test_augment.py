@@ -40,3 +40,39 @@ def test_borders_fill_with_the_background(background, ink):
     out = augment_batch(x, "light", torch.Generator().manual_seed(1))
     corners = torch.cat([out[:, :, :2, :2].flatten(), out[:, :, -2:, -2:].flatten()])
     assert torch.allclose(corners, torch.full_like(corners, background), atol=1e-4)
+
+
+def _gray_batch() -> torch.Tensor:
+    x = torch.full((64, 1, 50, 130), 0.8)  # light background, as after gray
+    x[:, :, 15:35, 20:110:6] = -0.9  # dark strokes: the ink
+    return x
+
+
+@pytest.mark.parametrize("level", AUGMENT_LEVELS)
+def test_ink_curves_draw_in_the_ink_colour_on_about_their_share(level):
+    x = _gray_batch()
+    plain = augment_batch(x, level, torch.Generator().manual_seed(5))
+    curved = augment_batch(x, level, torch.Generator().manual_seed(5), ink_curves=0.5)
+    assert torch.equal(curved, augment_batch(x, level, torch.Generator().manual_seed(5), ink_curves=0.5))  # reproducible
+    inked = (curved < plain - 0.5).flatten(1)  # pixels the curve darkened
+    touched = inked.any(1)
+    assert 16 <= touched.sum() <= 48  # about half the images
+    assert curved[~touched].equal(plain[~touched])  # the others as the plain augmentation left them
+    # the curve covers a band of pixels in the ink's colour (each image's 1% quantile), not a few stray ones
+    ink = torch.quantile(plain.flatten(1), 0.01, dim=1)
+    assert ink.median() < 0  # dark, as the strokes are (strong blur can pale a thin stroke)
+    full = ((curved.flatten(1) - ink[:, None]).abs() < 1e-4) & inked
+    assert full[touched].sum(1).min() > 20  # a curve spans at least half the width
+
+
+def test_ink_curves_off_leave_the_augmentation_unchanged_and_bad_shares_are_refused():
+    x = _gray_batch()
+    assert torch.equal(augment_batch(x, "light", torch.Generator().manual_seed(2), ink_curves=0.0),
+                       augment_batch(x, "light", torch.Generator().manual_seed(2)))
+    assert augment_batch(x, "light", torch.Generator().manual_seed(2), ink_curves=1.0).ne(
+        augment_batch(x, "light", torch.Generator().manual_seed(2))).flatten(1).any(1).all()  # every image
+    from captcha.train_config import TrainConfig
+
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="--ink-curves"):
+            TrainConfig(ink_curves=bad)

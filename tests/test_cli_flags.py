@@ -64,8 +64,9 @@ def _describe(parser: argparse.ArgumentParser) -> dict[str, dict]:
 
 
 # Flags added since the flags were generated from the dataclasses: classifiers resume and keep an EMA;
-# --compile: training steps compiled with torch.compile (issue #36).
-NEW_FLAGS = {"classify train": {"--resume", "--ema"}, "train": {"--compile", "--validate-from"}, "sweep": {"--compile", "--validate-from"},
+# --compile: training steps compiled with torch.compile (issue #36); --ink-curves: occlusion practice (issue #35).
+NEW_FLAGS = {"classify train": {"--resume", "--ema"}, "train": {"--compile", "--validate-from", "--ink-curves"},
+             "sweep": {"--compile", "--validate-from", "--ink-curves"},
              "pretrain": {"--stream", "--workers", "--input-size"}}  # pre-training on the synthetic stream, at any size (issue #35)
 
 

@@ -146,8 +146,10 @@ def test_parameter_budget_is_enforced_before_training(easy_data, tmp_path, capsy
 
 
 def test_cli_train_end_to_end(easy_data, tmp_path, capsys):
-    code = main(["train", "--data", str(easy_data), "--out", str(tmp_path / "run"), "--epochs", "1", "--cache-dir", str(tmp_path / "c"), "--batch-size", "128"])
+    code = main(["train", "--data", str(easy_data), "--out", str(tmp_path / "run"), "--epochs", "1", "--cache-dir", str(tmp_path / "c"), "--batch-size", "128",
+                 "--ink-curves", "0.5"])
     assert code == 0
+    assert load_checkpoint(tmp_path / "run")["meta"]["config"]["ink_curves"] == 0.5  # the option reached the run
     out = capsys.readouterr().out
     assert "Epoch [1/1], phase: train, samples: 600, Loss:" in out
     assert "Top-1 Accuracies: [" in out and "Sequence:" in out and "Elapsed:" in out
