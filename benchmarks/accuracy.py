@@ -137,11 +137,14 @@ def _plot_curve(points: list[tuple[str, int, float]], path: str, machine: str) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 5.0))
-    for number, series in enumerate(dict.fromkeys(name for name, _, _ in points)):
+    for series in dict.fromkeys(name for name, _, _ in points):
         line = sorted((labels, accuracy) for name, labels, accuracy in points if name == series)
         drawn = ax.plot(*zip(*line), marker="o", label=series)[0]
-        for x, y in line:  # figures above the first, third, ... line and below the others, so close lines stay legible
-            ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6 if number % 2 == 0 else -12),
+        for x, y in line:  # each figure on the side with more room before another line's point, so close lines stay legible
+            others = [a for name, labels, a in points if labels == x and name != series]
+            room_above = min([a - y for a in others if a >= y], default=100)
+            room_below = min([y - a for a in others if a < y], default=100)
+            ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6 if room_above >= room_below else -12),
                         ha="center", fontsize=8, color=drawn.get_color())
     ax.set_xscale("log", base=2)
     ticks = sorted({labels for _, labels, _ in points})
