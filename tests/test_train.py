@@ -247,8 +247,8 @@ def test_augment_views_reads_each_image_in_independent_copies(monkeypatch):
     seen = []
     real_augment = recognition.augment_batch
 
-    def spy(x, level, generator=None):
-        out = real_augment(x, level, generator)
+    def spy(x, level, generator=None, ink_curves=0.0):
+        out = real_augment(x, level, generator, ink_curves)
         seen.append((x.detach().clone(), out.detach().clone()))
         return out
 
