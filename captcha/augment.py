@@ -70,8 +70,8 @@ def augment_batch(x: torch.Tensor, level: str, generator: torch.Generator | None
 
 def draw_ink_curves(x: torch.Tensor, share: float, uniform) -> torch.Tensor:
     """On a `share` of the images, one sine curve over 50-100% of the width, 3-8% of the height
-    thick, in each image's ink colour: its 1% quantile, the ink of dark text on a light
-    background as `gray` gives it (on a dark background the curve takes the background's colour).
+    thick, in each image's ink colour (`ink_colour`: dark text on a light background, as `gray`
+    gives it; on a dark background the curve takes the background's colour).
 
     Practice at reading characters a curve of their own colour crosses, as many CAPTCHAs draw:
     the model sees such occlusions at every position, not only where its few labeled images
@@ -80,7 +80,7 @@ def draw_ink_curves(x: torch.Tensor, share: float, uniform) -> torch.Tensor:
     b, _, h, w = x.shape
     dev, dtype = x.device, x.dtype
     on = (uniform(0, 1) < share).to(dtype)
-    ink = torch.quantile(x.reshape(b, -1).float(), 0.01, dim=1).to(dtype)
+    ink = ink_colour(x)
     middle, amplitude = uniform(0.3, 0.7) * h, uniform(0.05, 0.25) * h
     frequency, phase = uniform(0.5, 2.0) * 2 * math.pi / w, uniform(0, 2 * math.pi)
     thickness = uniform(0.03, 0.08) * h
@@ -99,3 +99,8 @@ def _border_median(x: torch.Tensor) -> torch.Tensor:
     """Per image and channel, the median of the outermost rows and columns: B x C x 1 x 1."""
     edges = torch.cat([x[:, :, 0, :], x[:, :, -1, :], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
     return edges.median(dim=2).values[:, :, None, None]
+
+
+def ink_colour(x: torch.Tensor) -> torch.Tensor:
+    """Per image, the value of its darkest 1% of pixels: the ink of dark text on a light background. B values."""
+    return torch.quantile(x.reshape(x.shape[0], -1).float(), 0.01, dim=1).to(x.dtype)
