@@ -103,4 +103,7 @@ def _border_median(x: torch.Tensor) -> torch.Tensor:
 
 def ink_colour(x: torch.Tensor) -> torch.Tensor:
     """Per image, the value of its darkest 1% of pixels: the ink of dark text on a light background. B values."""
-    return torch.quantile(x.reshape(x.shape[0], -1).float(), 0.01, dim=1).to(x.dtype)
+    # kthvalue (nearest rank) rather than torch.quantile, which refuses a large batch at full size.
+    flat = x.reshape(x.shape[0], -1).float()
+    rank = int(0.01 * (flat.shape[1] - 1)) + 1
+    return flat.kthvalue(rank, dim=1).values.to(x.dtype)

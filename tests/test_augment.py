@@ -76,3 +76,12 @@ def test_ink_curves_off_leave_the_augmentation_unchanged_and_bad_shares_are_refu
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="--ink-curves"):
             TrainConfig(ink_curves=bad)
+
+
+def test_ink_colour_is_the_darkest_hundredth_even_for_a_batch_too_large_for_torch_quantile():
+    x = torch.rand(2, 3, 100, 253)
+    x[0].view(-1)[:760] = -1.0  # exactly the darkest hundredth of image 0 is ink
+    assert ink_colour(x)[0] == -1.0 and ink_colour(x)[1] >= 0
+    big = torch.full((220, 3, 100, 253), 0.5)  # more elements than torch.quantile accepts
+    big[:, :, 40:60, :] = -0.9
+    assert torch.equal(ink_colour(big), torch.full((220,), -0.9))
