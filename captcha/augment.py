@@ -26,6 +26,7 @@ def augment_batch(x: torch.Tensor, level: str, generator: torch.Generator | None
     """Random affine (rotation, scale, shift, shear) per image; at `strong` also a smooth elastic
     displacement, a blur of random strength on some images, and pixel noise. Then, on an
     `ink_curves` share of the images, one extra curve in the ink's colour (`draw_ink_curves`).
+    Level `none` returns `x` unchanged, whatever `ink_curves` says.
 
     `x` is normalised B x C x H x W; the area moved in from outside fills with each image's
     background, the median of its outermost pixels (light after `gray`, dark after `denoise`).
@@ -36,8 +37,8 @@ def augment_batch(x: torch.Tensor, level: str, generator: torch.Generator | None
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return torch.rand(b, generator=generator, device="cpu").to(dev) * (hi - lo) + lo
 
-    if level == "none":
-        return draw_ink_curves(x, ink_curves, uniform) if ink_curves > 0 else x
+    if level == "none":  # no augmentation at all, ink curves included
+        return x
     rot, scale, shift, shear, noise, elastic, blur = _LEVELS[level]
 
     angle = uniform(-rot, rot) * (math.pi / 180)

@@ -146,6 +146,7 @@ def _train_config(config: PretrainConfig, data: str | None):
         device=config.device, alphabet=pretrained.PRETRAIN_ALPHABET, init=config.init, resume=config.resume,
         input_size=tuple(config.input_size),
         label_smoothing=0.0,  # the shipped weights were made without it: the documented command regenerates them
+        ink_curves=0.0,  # nor with extra ink curves
         tta=1,  # the compact weights carry no views; the synthetic val score is one view's
         validate_from=0.0,  # a long run is watched epoch by epoch
     )

@@ -200,6 +200,7 @@ class RecognitionTask:
     def resumed(self, saved: dict) -> tuple[RecognitionTask, list[str]]:
         known = {f.name for f in fields(TrainConfig)}
         settings = {k: v for k, v in saved.items() if k in known}
+        settings.setdefault("ink_curves", 0.0)  # runs saved before the option existed trained without ink curves
         settings.update(device=self.config.device, out=self.config.out)
         ignored = settings_resume_ignores(self.config, settings, self.given)
         return RecognitionTask(TrainConfig(**settings), self.given), ignored

@@ -51,8 +51,9 @@ class TrainConfig:
     augment: str = option("light", "random augmentation on the training device", choices=AUGMENT_LEVELS)
     augment_views: int = option(1, "independently augmented copies of each image in every step (batch augmentation); 2 with half "
                                 "the --batch-size and half the --epochs does the same work, and read no better than 1")
-    ink_curves: float = option(0.0, "share of augmented training images that get one extra random curve in the ink's colour, "
-                               "practice at reading through curves drawn over the text; 0 is off")
+    ink_curves: float = option(0.5, "share of augmented training images that get one extra random curve in the ink's colour, "
+                               "practice at reading through curves drawn over the text; 0 is off, and --augment none "
+                               "draws none")
     tta: int = option(5, "views read per image when evaluating and serving: the image and its one-pixel shifts, averaged; "
                       "1 is off, a fifth of the model work per image of 5", choices=lambda: sorted(TTA_VIEWS))
     seed: int = option(0, "seed of the split, the initialisation, the order and the augmentation")

@@ -115,7 +115,7 @@ def test_pretrain_command_writes_weights_that_train_finds(tmp_path, easy_data):
     pretrain(PretrainConfig(images=64, val_images=16, epochs=1, batch_size=32, work_dir=str(tmp_path / "work"), out=str(out)), **QUIET)
     assert load_checkpoint(out)["meta"]["alphabet"] == pretrained.PRETRAIN_ALPHABET
     run_config = load_checkpoint(tmp_path / "work" / "run-sepnet-gray-attention" / "best.pt")["meta"]["config"]
-    assert run_config["label_smoothing"] == 0.0  # as the shipped weights were made, whatever train's default
+    assert run_config["label_smoothing"] == 0.0 and run_config["ink_curves"] == 0.0  # as the shipped weights were made, whatever train's defaults
     messages = []
     fit(TrainConfig(data=str(easy_data), out=str(tmp_path / "ft"), epochs=1, preprocess="gray", init=str(out), cache_dir=str(tmp_path / "c")), log=messages.append)
     assert any(m.startswith("Initialised") and str(out) in m for m in messages)

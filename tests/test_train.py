@@ -147,9 +147,9 @@ def test_parameter_budget_is_enforced_before_training(easy_data, tmp_path, capsy
 
 def test_cli_train_end_to_end(easy_data, tmp_path, capsys):
     code = main(["train", "--data", str(easy_data), "--out", str(tmp_path / "run"), "--epochs", "1", "--cache-dir", str(tmp_path / "c"), "--batch-size", "128",
-                 "--ink-curves", "0.5"])
+                 "--ink-curves", "0.25"])
     assert code == 0
-    assert load_checkpoint(tmp_path / "run")["meta"]["config"]["ink_curves"] == 0.5  # the option reached the run
+    assert load_checkpoint(tmp_path / "run")["meta"]["config"]["ink_curves"] == 0.25  # the option reached the run
     out = capsys.readouterr().out
     assert "Epoch [1/1], phase: train, samples: 600, Loss:" in out
     assert "Top-1 Accuracies: [" in out and "Sequence:" in out and "Elapsed:" in out
@@ -318,6 +318,16 @@ def test_resume_says_which_given_settings_it_ignores(easy_data, tmp_path, monkey
     messages.clear()  # a value given on the command line is named even where it equals the default
     fit(TrainConfig(out=str(tmp_path / "run"), resume=True, **{**base, "epochs": 60}), log=messages.append, given={"epochs", "out", "resume"})
     assert any("epochs=60 (the run's: 1)" in m for m in messages)
+
+
+def test_a_run_saved_before_ink_curves_existed_resumes_without_them(easy_data, tmp_path):
+    from captcha.recognition import RecognitionTask, config_dict
+
+    saved = config_dict(TrainConfig(data=str(easy_data), ink_curves=0.0))
+    del saved["ink_curves"]  # as a checkpoint of 2026-12-04 or earlier holds it
+    resumed, ignored = RecognitionTask(TrainConfig(out=str(tmp_path / "run"), resume=True)).resumed(saved)
+    assert resumed.config.ink_curves == 0.0 and ignored == []
+    assert TrainConfig().ink_curves == 0.5  # while a new run draws them by default
 
 
 def test_resuming_an_early_stopped_run_trains_no_more(easy_data, tmp_path, monkeypatch):
