@@ -71,8 +71,8 @@ def augment_batch(x: torch.Tensor, level: str, generator: torch.Generator | None
 
 def draw_ink_curves(x: torch.Tensor, share: float, uniform) -> torch.Tensor:
     """On a `share` of the images, one sine curve over 50-100% of the width, 3-8% of the height
-    thick, in each image's ink colour (`ink_colour`: dark text on a light background, as `gray`
-    gives it; on a dark background the curve takes the background's colour).
+    thick, in each image's ink colour (`ink_colour`: dark text on a light background as `gray`
+    gives it, light text on a dark one as `denoise` does).
 
     Practice at reading characters a curve of their own colour crosses, as many CAPTCHAs draw:
     the model sees such occlusions at every position, not only where its few labeled images
@@ -103,8 +103,13 @@ def _border_median(x: torch.Tensor) -> torch.Tensor:
 
 
 def ink_colour(x: torch.Tensor) -> torch.Tensor:
-    """Per image, the value of its darkest 1% of pixels: the ink of dark text on a light background. B values."""
+    """Per image, the value of its darkest or of its lightest 1% of pixels, whichever lies farther
+    from the background (`_border_median`): dark text on a light background, as after `gray`, or
+    light text on a dark one, as after `denoise`. B values."""
     # kthvalue (nearest rank) rather than torch.quantile, which refuses a large batch at full size.
     flat = x.reshape(x.shape[0], -1).float()
     rank = int(0.01 * (flat.shape[1] - 1)) + 1
-    return flat.kthvalue(rank, dim=1).values.to(x.dtype)
+    dark = flat.kthvalue(rank, dim=1).values
+    light = flat.kthvalue(flat.shape[1] + 1 - rank, dim=1).values
+    background = _border_median(x).flatten(1).float().mean(1)
+    return torch.where((light - background).abs() > (dark - background).abs(), light, dark).to(x.dtype)

@@ -86,3 +86,14 @@ def test_ink_colour_is_the_darkest_hundredth_even_for_a_batch_too_large_for_torc
     big = torch.full((220, 3, 100, 253), 0.5)  # more elements than torch.quantile accepts
     big[:, :, 40:60, :] = -0.9
     assert torch.equal(ink_colour(big), torch.full((220,), -0.9))
+
+
+def test_ink_colour_is_light_on_a_dark_background_as_after_denoise():
+    x = torch.full((4, 1, 50, 130), -1.0)  # dark background, as after denoise
+    x[:, :, 15:35, 20:110:6] = 1.0  # light strokes: the ink
+    assert torch.equal(ink_colour(x), torch.ones(4))
+    curved = augment_batch(x, "none", ink_curves=1.0)
+    assert torch.equal(curved, x)  # no augmentation at all
+    curved = augment_batch(x, "light", torch.Generator().manual_seed(4), ink_curves=1.0)
+    plain = augment_batch(x, "light", torch.Generator().manual_seed(4))
+    assert ((curved > plain + 0.5).flatten(1).sum(1) > 20).all()  # every image gets a light curve
