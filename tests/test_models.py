@@ -39,6 +39,25 @@ def test_sepnet_keeps_columns_for_the_position_aware_heads():
     assert features.shape[1] == body.out_features and features.shape[3] >= 30  # 33 columns for 4 characters
 
 
+def test_sepnet_runs_its_height_halving_depthwise_convolutions_in_float32_under_cpu_autocast():
+    from captcha.models.sepnet import CPUFloat32Conv2d
+
+    model = create_model("sepnet", num_classes=36, in_channels=1, head="attention")
+    chosen = [m for m in model.modules() if isinstance(m, CPUFloat32Conv2d)]
+    assert [m.stride for m in chosen] == [(2, 1), (2, 1)] and all(m.groups == m.in_channels for m in chosen)
+    conv = chosen[0]
+    x = torch.randn(2, conv.in_channels, 12, 20)
+    plain = torch.nn.functional.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    assert torch.equal(conv(x), plain)  # outside autocast: the plain convolution
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x.bfloat16())
+    assert out.dtype == torch.bfloat16  # the caller's dtype comes back
+    expected = torch.nn.functional.conv2d(x.bfloat16().float(), conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    torch.testing.assert_close(out.float(), expected.bfloat16().float())  # computed in float32, then rounded once
+    out.float().sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
+
+
 @pytest.mark.parametrize("name", list_models("recognition"))
 @pytest.mark.parametrize("head", ["fixed", "attention"])
 def test_every_model_gives_one_logit_row_per_character(name, head):

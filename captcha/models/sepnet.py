@@ -31,13 +31,30 @@ def _is_unit(stride: Stride) -> bool:
     return stride in (1, (1, 1))
 
 
+class CPUFloat32Conv2d(nn.Conv2d):
+    """A Conv2d that runs in float32 under CPU autocast and hands back the dtype it was given.
+
+    On a CPU, the bf16 backward of the depthwise convolutions that halve the height only is several
+    times slower than the float32 one, casts included (docs/benchmarks.md, "Training speed"). On
+    other devices, and outside autocast (evaluation, ONNX export), it is a plain Conv2d with the
+    same weights and state-dict keys.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+            return super().forward(x)
+        with torch.autocast("cpu", enabled=False):
+            return super().forward(x.float()).to(x.dtype)
+
+
 class SeparableBlock(nn.Module):
     """Depthwise 3 x 3 -> BN -> ReLU -> pointwise 1 x 1 -> BN, plus a residual, then ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: Stride = 1):
         super().__init__()
+        depthwise = CPUFloat32Conv2d if stride == (2, 1) else nn.Conv2d
         self.depthwise = nn.Sequential(
-            nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels, bias=False),
+            depthwise(in_channels, in_channels, 3, stride, 1, groups=in_channels, bias=False),
             nn.BatchNorm2d(in_channels),
             nn.ReLU(inplace=True),
         )
