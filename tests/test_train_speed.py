@@ -110,3 +110,12 @@ def test_the_gpu_training_script_runs_on_the_cpu_and_prints_the_table(tiny_data)
         assert row[6].strip().endswith("%"), name  # test whole-string accuracy
         assert (row[5].strip() == "") == name.startswith("naive"), name  # the ratio, for every row but the reference
     assert "Machine:" in out.stdout and "median training / naive, course:" in out.stdout
+
+
+def test_the_step_timer_runs_the_shipped_and_the_plain_bf16_step(benchmark_script):
+    step_time = benchmark_script("step_time")
+    shipped, float32_layers = step_time.make_step("sepnet", 2, True)
+    plain, _ = step_time.make_step("sepnet", 2, False)
+    times = step_time.time_rounds({"shipped": shipped, "plain": plain}, rounds=2, per_round=1)
+    assert float32_layers == 2  # sepnet's two depthwise convolutions that halve the height only
+    assert all(len(ms) == 2 and min(ms) > 0 for ms in times.values())
