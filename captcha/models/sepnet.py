@@ -98,9 +98,9 @@ def sepnet(num_classes: int, length: int = 4, in_channels: int = 1, head: str = 
 
 
 @register_model(weights=(ShippedWeights("sepnet_wide-gray-attention.pt", preprocess="gray", head="attention",
-                                       recipe="docs/pretraining.md#the-wide-models-weights"),))
+                                       recipe="docs/pretraining.md#the-wide-models-weights"),), input_size=READ_SIZE)
 def sepnet_wide(num_classes: int, length: int = 4, in_channels: int = 1, head: str = "attention") -> Recognizer:
     """`sepnet` at twice the width, ~290K parameters at 36 symbols: more capacity for hard styles
-    under the 1M budget, at about three times the arithmetic an image."""
+    under the 1M budget, at about three times the arithmetic an image. It reads at `sepnet`'s size."""
     body = SepNetBody(in_channels, stem=32, stages=SEPNET_WIDE_STAGES)
     return Recognizer(body, make_head(head, body.out_features, num_classes, length))
