@@ -6,8 +6,8 @@ Times a training step of `--model` (forward, loss, backward, fused AdamW) at its
 random images, in bf16 autocast and channels-last as `captcha train` runs on a CPU with native bf16,
 two ways in interleaved rounds: as shipped, where `CPUFloat32Conv2d` layers run in float32 under
 autocast, and with every such layer run as a plain bf16 convolution. Then lists the operators that
-take the most time in one of the two steps (`--profile`), by input shape (`torch.profiler`). Prints a table naming
-the machine; the figures belong in docs/benchmarks.md, not in a test.
+take the most time in one of the two steps (`--profile`), by input shape (`torch.profiler`). Prints
+a table naming the machine; the figures belong in docs/benchmarks.md, not in a test.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +30,7 @@ from _machine import describe  # noqa: E402
 
 from captcha.models import create_model, default_input_size  # noqa: E402
 from captcha.models.sepnet import CPUFloat32Conv2d  # noqa: E402
+from captcha.runtime import fast_optimizer, loss_fn  # noqa: E402
 
 CLASSES, LENGTH = 36, 4
 
@@ -47,12 +47,12 @@ def make_step(model_name: str, batch: int, float32_layers: bool):
                 layer.forward = nn.Conv2d.forward.__get__(layer)
     x = torch.randn(batch, 1, *default_input_size(model_name)).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, CLASSES, (batch, LENGTH))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    optimizer = fast_optimizer(torch.optim.AdamW, list(model.parameters()), lr=1e-3)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = model(x)
-        loss = F.cross_entropy(logits.float().reshape(-1, CLASSES), y.reshape(-1))
+        loss = loss_fn(logits, y, "attention")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
