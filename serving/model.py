@@ -146,9 +146,6 @@ class ServedModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.log_severity_level = 3
-        # Idle intra-op threads sleep instead of spinning: the cores they would spin on serve the
-        # event loop, the decoding threads and the other server processes.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = choose_providers(device)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)

@@ -236,11 +236,3 @@ def test_calls_sent_just_before_a_stop_are_answered_not_cancelled(artifacts, pro
                 codes.append(err.code())
         assert stopped.wait(30)
     assert codes.count(grpc.StatusCode.OK) == len(calls), {c.name: codes.count(c) for c in set(codes)}
-
-
-def test_model_threads_sleep_instead_of_spinning(artifacts) -> None:
-    from serving.model import ServedModel
-
-    options = ServedModel("m", artifacts["onnx"], "cpu", 2).session.get_session_options()
-    assert options.intra_op_num_threads == 2
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
