@@ -119,3 +119,26 @@ def test_the_step_timer_runs_the_shipped_and_the_plain_bf16_step(benchmark_scrip
     times = step_time.time_rounds({"shipped": shipped, "plain": plain}, rounds=2, per_round=1)
     assert float32_layers == 2  # sepnet's two depthwise convolutions that halve the height only
     assert all(len(ms) == 2 and min(ms) > 0 for ms in times.values())
+
+
+def test_the_width_timer_builds_each_variant_at_the_widths_it_names(benchmark_script):
+    """`width_cost.py` rebuilds `sepnet` exactly from its widths, so a variant differs only in width."""
+    import argparse
+
+    from captcha.models import create_model
+    from captcha.models.sepnet import SEPNET_STAGES
+
+    width_cost = benchmark_script("width_cost")
+    shipped = create_model("sepnet", num_classes=36, length=4, in_channels=1, head="attention")
+    name, (stem, widths) = width_cost.parse_variant(f"same=16:{','.join(str(w) for w, _, _ in SEPNET_STAGES)}")
+    rebuilt = width_cost.build(stem, widths)
+    assert name == "same" and rebuilt.state_dict().keys() == shipped.state_dict().keys()
+    assert all(rebuilt.state_dict()[k].shape == v.shape for k, v in shipped.state_dict().items())
+    assert width_cost.describe_widths(shipped) == "16 : 24, 48, 80, 112"
+    wide = create_model("sepnet_wide", num_classes=36, length=4, in_channels=1, head="attention")
+    assert width_cost.describe_widths(wide) == "32 : 48, 96, 160, 224"
+    step, params = width_cost.make_step(width_cost.build(16, (24, 48, 160, 224)), batch=2, size=(40, 104))
+    step()
+    assert params > sum(p.numel() for p in shipped.parameters())
+    with pytest.raises(argparse.ArgumentTypeError, match="W1,W2,W3,W4"):
+        width_cost.parse_variant("late=16:24,48")
