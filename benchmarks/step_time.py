@@ -45,7 +45,14 @@ def make_step(model_name: str, batch: int, float32_layers: bool):
         for layer in model.modules():
             if isinstance(layer, CPUFloat32Conv2d):
                 layer.forward = nn.Conv2d.forward.__get__(layer)
-    x = torch.randn(batch, 1, *default_input_size(model_name)).contiguous(memory_format=torch.channels_last)
+    float32_layer_count = sum(isinstance(m, CPUFloat32Conv2d) for m in model.modules())
+    return training_step(model, batch, default_input_size(model_name)), float32_layer_count
+
+
+def training_step(model: nn.Module, batch: int, size: tuple[int, int]):
+    """A closure running one training step of a channels-last `model` on random images of `size`,
+    as `captcha train` runs on a CPU with native bf16."""
+    x = torch.randn(batch, 1, *size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, CLASSES, (batch, LENGTH))
     optimizer = fast_optimizer(torch.optim.AdamW, list(model.parameters()), lr=1e-3)
 
@@ -57,7 +64,7 @@ def make_step(model_name: str, batch: int, float32_layers: bool):
         loss.backward()
         optimizer.step()
 
-    return step, sum(isinstance(m, CPUFloat32Conv2d) for m in model.modules())
+    return step
 
 
 def time_rounds(steps: dict, rounds: int, per_round: int) -> dict[str, list[float]]:

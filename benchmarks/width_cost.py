@@ -25,13 +25,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _machine import describe  # noqa: E402
-from step_time import time_rounds  # noqa: E402
+from step_time import time_rounds, training_step  # noqa: E402
 
 from captcha.constants import READ_SIZE  # noqa: E402
 from captcha.models import create_model  # noqa: E402
 from captcha.models._heads import Recognizer, make_head  # noqa: E402
 from captcha.models.sepnet import SEPNET_STAGES, SepNetBody  # noqa: E402
-from captcha.runtime import fast_optimizer, loss_fn  # noqa: E402
 
 CLASSES, LENGTH = 36, 4
 SHIPPED = ("sepnet", "sepnet_wide")
@@ -69,23 +68,10 @@ def describe_widths(model: Recognizer) -> str:
 
 
 def make_step(model: torch.nn.Module, batch: int, size: tuple[int, int]):
-    """A closure running one training step of `model`, and its parameter count."""
+    """A closure running one training step of `model` (`step_time.training_step`), and its parameter count."""
     torch.manual_seed(0)
     model = model.to(memory_format=torch.channels_last).train()
-    x = torch.randn(batch, 1, *size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, CLASSES, (batch, LENGTH))
-    optimizer = fast_optimizer(torch.optim.AdamW, list(model.parameters()), lr=1e-3)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-
-    def step() -> None:
-        with autocast:
-            logits = model(x)
-        loss = loss_fn(logits, y, "attention")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step, sum(p.numel() for p in model.parameters())
+    return training_step(model, batch, size), sum(p.numel() for p in model.parameters())
 
 
 def main() -> None:
